@@ -1,0 +1,33 @@
+"""Step-size schedules of QuanTimed-DSGD (Reisizadeh et al., NeurIPS 2019)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+
+
+@dataclass(frozen=True)
+class StepSizes:
+    """alpha: gradient step; eps: consensus step (1 for unquantized DSGD)."""
+
+    alpha: float
+    eps: float
+
+
+def step_sizes(schedule: str, alpha: float, eps: float, horizon: int) -> StepSizes:
+    """Step sizes for a run of ``horizon`` iterations.
+
+    ``paper``: alpha = a0 / T^(1/6), eps = e0 / T^(1/2) (the paper's non-convex rates), with a0 = ``alpha``
+    and e0 = ``eps``; eps is capped at 1, beyond which the consensus step would overshoot.
+    ``constant``: alpha and eps as given.
+    """
+    if horizon < 1:
+        raise ConfigError(f"run.iterations={horizon!r} is not allowed: the step-size horizon must be >= 1")
+    if schedule == "paper":
+        return StepSizes(alpha=alpha / horizon ** (1 / 6), eps=min(1.0, eps / horizon ** 0.5))
+    if schedule == "constant":
+        if eps > 1:
+            raise ConfigError(f"algorithm.eps={eps!r} is not allowed with schedule=constant: must be in (0, 1]")
+        return StepSizes(alpha=alpha, eps=eps)
+    raise ConfigError(f"algorithm.schedule={schedule!r} is not allowed: choose one of paper, constant")

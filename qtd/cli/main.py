@@ -1,0 +1,69 @@
+"""`qtd launch | train | sim | topology | bench`: thin entry points that build, run and close."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from ..errors import QtdError
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set topology.nodes=8 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qtd", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    launch = commands.add_parser("launch", help="start torchrun with one process per graph node on this machine")
+    _add_config_args(launch)
+    launch.add_argument("--max-restarts", type=int, default=0,
+                        help="torchrun elastic restarts after a node process fails (resumes from checkpoints)")
+
+    train = commands.add_parser("train", help="run this process's node (what torchrun starts: python -m qtd.train)")
+    _add_config_args(train)
+
+    sim = commands.add_parser("sim", help="run all nodes in one process on a virtual clock")
+    _add_config_args(sim)
+
+    topology = commands.add_parser("topology", help="print the graph, its mixing matrix and spectral gap")
+    _add_config_args(topology)
+    topology.add_argument("--png", default=None, help="also save a drawing of the graph to this PNG file")
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "launch":
+        from ..engine.launch import launch_command
+        return launch_command(args.config, args.overrides, max_restarts=args.max_restarts)
+    if args.command == "train":
+        from ..train import train_command
+        return train_command(args.config, args.overrides)
+    if args.command == "sim":
+        from ..engine.sim_cli import sim_command
+        return sim_command(args.config, args.overrides)
+    if args.command == "topology":
+        from ..topology.cli import topology_command
+        return topology_command(args.config, args.overrides, png=args.png)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    try:
+        code = run(argv)
+    except QtdError as exc:
+        print(f"qtd: error: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        print("qtd: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

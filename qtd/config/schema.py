@@ -1,0 +1,285 @@
+"""One small frozen dataclass per component.
+
+Each dataclass validates itself in ``__post_init__`` and raises :class:`ConfigError` with a message that
+names the field (as its dotted key), the value it got and what is allowed. Cross-section checks live in
+:meth:`Config.__post_init__`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..errors import ConfigError
+
+
+ALGORITHMS = ("quantimed", "qdsgd", "dsgd", "async_dsgd", "allreduce_sgd")
+MODES = ("decentralized", "ps")
+TOPOLOGIES = ("ring", "torus", "complete", "star", "exponential", "erdos_renyi", "file")
+WEIGHTS = ("laplacian", "metropolis")
+SCHEDULES = ("paper", "constant")
+PARTITIONS = ("contiguous", "iid", "dirichlet")
+BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "mnist_idx", "synthetic")
+BUILTIN_MODELS = ("mlp", "mlp_deep", "cnn", "comp_ams_cnn", "resnet18", "linear")
+QUANTIZED_BITS = tuple(range(1, 9))
+ALLOWED_BITS = QUANTIZED_BITS + (16, 32)
+PS_COMPRESSORS = ("none", "topk", "blocksign")
+SPEED_DISTRIBUTIONS = ("uniform", "fixed")
+BACKENDS = ("auto", "gloo", "nccl")
+
+
+def _fail(key: str, value: object, allowed: str) -> None:
+    raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        _fail(key, value, "choose one of " + ", ".join(allowed))
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        _fail(key, value, "must be > 0")
+
+
+def _non_negative(key: str, value: float) -> None:
+    if not value >= 0:
+        _fail(key, value, "must be >= 0")
+
+
+def _is_import_path(name: str) -> bool:
+    module, sep, attr = name.partition(":")
+    return bool(sep and module and attr)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where a run writes, how long it lasts, how often it evaluates and checkpoints."""
+
+    out_dir: str = "runs/quickstart"
+    iterations: int = 200
+    seed: int = 0
+    eval_every: int = 20
+    checkpoint_every: int = 0  # 0: no periodic checkpoints (a final one is still written)
+    resume: str = "auto"  # auto: continue from the newest complete checkpoint; never: start over
+    progress: bool = True
+    time_budget_s: float = 0.0  # 0: no wall-clock budget; otherwise stop a node after this many seconds
+
+    def __post_init__(self) -> None:
+        if not self.out_dir:
+            _fail("run.out_dir", self.out_dir, "give a directory path")
+        _positive("run.iterations", self.iterations)
+        _non_negative("run.seed", self.seed)
+        _positive("run.eval_every", self.eval_every)
+        _non_negative("run.checkpoint_every", self.checkpoint_every)
+        _choice("run.resume", self.resume, ("auto", "never"))
+        _non_negative("run.time_budget_s", self.time_budget_s)
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    """The graph of nodes and how its mixing matrix W is built."""
+
+    kind: str = "ring"
+    nodes: int = 8
+    p: float = 0.4  # edge probability for erdos_renyi
+    seed: int = 0  # graph sampling seed (erdos_renyi)
+    weights: str = "laplacian"  # laplacian: W = I - L/kappa; metropolis: Metropolis-Hastings
+    kappa: float | None = None  # None: max degree + 2 (the paper's choice)
+    path: str = ""  # edge-list file for kind=file
+
+    def __post_init__(self) -> None:
+        _choice("topology.kind", self.kind, TOPOLOGIES)
+        if self.nodes < 1:
+            _fail("topology.nodes", self.nodes, "must be >= 1")
+        if not 0 < self.p <= 1:
+            _fail("topology.p", self.p, "must be in (0, 1]")
+        _non_negative("topology.seed", self.seed)
+        _choice("topology.weights", self.weights, WEIGHTS)
+        if self.kappa is not None:
+            _positive("topology.kappa", self.kappa)
+        if self.kind == "file" and not self.path:
+            _fail("topology.path", self.path, "topology.kind=file needs the path of an edge-list file")
+
+
+@dataclass(frozen=True)
+class AlgorithmConfig:
+    """The decentralized update rule and its step sizes."""
+
+    name: str = "quantimed"
+    batch_size: int = 20  # B: the fixed batch of qdsgd, dsgd, async_dsgd and allreduce_sgd
+    micro_batch_size: int = 5  # quantimed: gradients are computed in micro-batches until the deadline
+    deadline_s: float = 0.5  # T_d, quantimed only
+    alpha: float = 0.3  # schedule=paper: a0 in alpha = a0 / T^(1/6); schedule=constant: alpha itself
+    eps: float = 15.0  # schedule=paper: e0 in eps = e0 / T^(1/2); constant: eps itself (quantized methods)
+    schedule: str = "paper"
+    overlap: bool = True  # exchange models while gradients are computed
+    max_in_flight: int = 2  # async_dsgd: sends in flight per neighbour before a newer model replaces one
+
+    def __post_init__(self) -> None:
+        _choice("algorithm.name", self.name, ALGORITHMS)
+        _positive("algorithm.batch_size", self.batch_size)
+        _positive("algorithm.micro_batch_size", self.micro_batch_size)
+        _positive("algorithm.deadline_s", self.deadline_s)
+        _positive("algorithm.alpha", self.alpha)
+        _positive("algorithm.eps", self.eps)
+        _choice("algorithm.schedule", self.schedule, SCHEDULES)
+        if self.max_in_flight < 1:
+            _fail("algorithm.max_in_flight", self.max_in_flight, "must be >= 1")
+
+
+@dataclass(frozen=True)
+class CompressionConfig:
+    """How models are encoded on the wire in decentralized mode."""
+
+    bits: int = 4  # 1..8: stochastic quantization; 16: half precision; 32: raw float32
+
+    def __post_init__(self) -> None:
+        if self.bits not in ALLOWED_BITS:
+            _fail("compression.bits", self.bits, "use 1..8 (quantized), 16 (half) or 32 (raw)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where it lives and how it is split across nodes."""
+
+    name: str = "digits"  # a built-in name or an import path package.module:factory
+    root: str = ""  # where torchvision datasets or IDX files live
+    download: bool = False
+    partition: str = "contiguous"  # contiguous blocks (the paper), iid (shuffled), dirichlet (non-IID)
+    samples_per_node: int = 0  # 0: split the training set evenly over the nodes
+    dirichlet_alpha: float = 0.5
+    test_fraction: float = 0.2  # held-out share for datasets that have no test split of their own
+    eval_on: str = "test"  # test: held-out data; train: all training data (the paper's training loss)
+    eval_samples: int = 0  # 0: all of the evaluation set
+
+    def __post_init__(self) -> None:
+        if self.name not in BUILTIN_DATASETS and not _is_import_path(self.name):
+            _fail("data.name", self.name,
+                  "choose one of " + ", ".join(BUILTIN_DATASETS) + " or give package.module:factory")
+        _choice("data.partition", self.partition, PARTITIONS)
+        _non_negative("data.samples_per_node", self.samples_per_node)
+        _positive("data.dirichlet_alpha", self.dirichlet_alpha)
+        if not 0 < self.test_fraction < 1:
+            _fail("data.test_fraction", self.test_fraction, "must be in (0, 1)")
+        _choice("data.eval_on", self.eval_on, ("test", "train"))
+        _non_negative("data.eval_samples", self.eval_samples)
+        if self.name in ("mnist_idx",) and not self.root:
+            _fail("data.root", self.root, "data.name=mnist_idx needs the directory of the IDX files")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network every node trains."""
+
+    name: str = "mlp"  # a built-in name or an import path package.module:factory
+    hidden: tuple[int, ...] = (50,)  # hidden widths of the mlp (the paper's 784-50-10)
+
+    def __post_init__(self) -> None:
+        if self.name not in BUILTIN_MODELS and not _is_import_path(self.name):
+            _fail("model.name", self.name,
+                  "choose one of " + ", ".join(BUILTIN_MODELS) + " or give package.module:factory")
+        for width in self.hidden:
+            if width < 1:
+                _fail("model.hidden", list(self.hidden), "every hidden width must be >= 1")
+
+
+@dataclass(frozen=True)
+class EmulationConfig:
+    """Emulated stragglers and links (DESIGN.md section 2); off by default in real runs.
+
+    The simulator always uses the speed distribution and comm_time_s: its time model needs them.
+    """
+
+    stragglers: bool = False
+    speed_distribution: str = "uniform"  # uniform: V ~ U(speed_low, speed_high); fixed: `speeds`
+    speed_low: float = 10.0  # samples per second
+    speed_high: float = 90.0
+    speeds: tuple[float, ...] = ()  # per-node speeds for speed_distribution=fixed
+    links: bool = False
+    comm_time_s: float = 0.0  # T_c: seconds to send one 16-bit copy of the model over one link
+    link_latency_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("emulation.speed_distribution", self.speed_distribution, SPEED_DISTRIBUTIONS)
+        _positive("emulation.speed_low", self.speed_low)
+        if not self.speed_high >= self.speed_low:
+            _fail("emulation.speed_high", self.speed_high,
+                  f"must be >= emulation.speed_low ({self.speed_low})")
+        for speed in self.speeds:
+            _positive("emulation.speeds", speed)
+        if self.speed_distribution == "fixed" and not self.speeds:
+            _fail("emulation.speeds", list(self.speeds),
+                  "speed_distribution=fixed needs one speed per node")
+        _non_negative("emulation.comm_time_s", self.comm_time_s)
+        _non_negative("emulation.link_latency_s", self.link_latency_s)
+
+
+@dataclass(frozen=True)
+class CommConfig:
+    """The process group and its waits."""
+
+    backend: str = "auto"  # auto: nccl when CUDA is available, else gloo
+    timeout_s: float = 60.0  # bound on every wait for a peer
+
+    def __post_init__(self) -> None:
+        _choice("comm.backend", self.backend, BACKENDS)
+        _positive("comm.timeout_s", self.timeout_s)
+
+
+@dataclass(frozen=True)
+class PSConfig:
+    """Parameter-server mode: compressed gradients, all-gathered, AMSGrad on replicated server state."""
+
+    compressor: str = "topk"  # none (dense AMSGrad, all-reduce), topk, blocksign
+    k_ratio: float = 0.01  # topk: share of the parameters sent
+    error_feedback: bool = True
+    lr: float = 0.001
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    decay_every: int = 0  # 0: no step decay
+    decay_gamma: float = 0.1
+    check_every: int = 50  # replica checksum every this many steps (0: never)
+
+    def __post_init__(self) -> None:
+        _choice("ps.compressor", self.compressor, PS_COMPRESSORS)
+        if not 0 < self.k_ratio <= 1:
+            _fail("ps.k_ratio", self.k_ratio, "must be in (0, 1]")
+        _positive("ps.lr", self.lr)
+        for key, value in (("ps.beta1", self.beta1), ("ps.beta2", self.beta2)):
+            if not 0 <= value < 1:
+                _fail(key, value, "must be in [0, 1)")
+        _positive("ps.eps", self.eps)
+        _non_negative("ps.warmup_steps", self.warmup_steps)
+        _non_negative("ps.decay_every", self.decay_every)
+        if not 0 < self.decay_gamma <= 1:
+            _fail("ps.decay_gamma", self.decay_gamma, "must be in (0, 1]")
+        _non_negative("ps.check_every", self.check_every)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole run: one section per component."""
+
+    mode: str = "decentralized"
+    run: RunConfig = field(default_factory=RunConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    emulation: EmulationConfig = field(default_factory=EmulationConfig)
+    comm: CommConfig = field(default_factory=CommConfig)
+    ps: PSConfig = field(default_factory=PSConfig)
+
+    def __post_init__(self) -> None:
+        _choice("mode", self.mode, MODES)
+        name, bits = self.algorithm.name, self.compression.bits
+        if self.mode == "decentralized" and name == "dsgd" and bits < 16:
+            _fail("compression.bits", bits,
+                  "algorithm.name=dsgd exchanges unquantized models: use 16 or 32, "
+                  "or algorithm.name=qdsgd for quantized messages")
+        if self.emulation.speed_distribution == "fixed" and len(self.emulation.speeds) != self.topology.nodes:
+            _fail("emulation.speeds", list(self.emulation.speeds),
+                  f"give one speed per node ({self.topology.nodes} = topology.nodes)")

@@ -1,0 +1,32 @@
+"""User-facing errors. Each message says what went wrong and what to change.
+
+The CLI and ``python -m qtd.train`` print these as one line and exit non-zero, never as a traceback.
+"""
+
+
+class QtdError(Exception):
+    """Base class of every error qtd reports to a user as one clear message."""
+
+
+class ConfigError(QtdError, ValueError):
+    """A config value, key or file that qtd cannot use."""
+
+
+class TopologyError(QtdError, ValueError):
+    """A graph or mixing matrix that cannot be used (disconnected, not doubly stochastic, ...)."""
+
+
+class DataError(QtdError, ValueError):
+    """A dataset that cannot be found, read or split as asked."""
+
+
+class WireFormatError(QtdError, ValueError):
+    """A wire message that is malformed or does not match what the receiver expects."""
+
+
+class PeerError(QtdError, RuntimeError):
+    """A peer process that died, stalled past the timeout or sent something unusable."""
+
+
+class CheckpointError(QtdError, ValueError):
+    """A checkpoint file that is truncated, foreign or does not match the run."""
