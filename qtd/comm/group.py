@@ -1,0 +1,145 @@
+"""The process group: backend and device choice, collectives with bounded waits.
+
+This package is the only place in qtd that calls ``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ConfigError, PeerError
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run: its rank (= graph node), the world size, device and backend."""
+
+    rank: int
+    size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    timeout_s: float
+
+
+def choose_backend(requested: str) -> tuple[str, torch.device]:
+    """nccl and one GPU per local rank when CUDA is available, otherwise gloo on the CPU."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    if requested == "nccl" and not cuda:
+        raise ConfigError("comm.backend='nccl' needs CUDA GPUs, and none is available: use comm.backend=gloo or auto")
+    backend = requested if requested != "auto" else ("nccl" if cuda else "gloo")
+    if backend == "nccl":
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return backend, device
+
+
+def init_world(backend: str = "auto", timeout_s: float = 60.0) -> World:
+    """Join the process group that torchrun (or a test harness) described in the environment."""
+    missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+    if missing:
+        raise ConfigError(
+            f"this process was not started by torchrun (missing {', '.join(missing)}): run `qtd launch CONFIG` "
+            "or `torchrun --nproc_per_node N -m qtd.train --config CONFIG`")
+    backend, device = choose_backend(backend)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # one core per node: n processes share the machine
+    if not dist.is_initialized():
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=max(timeout_s, 1.0)))
+    return World(rank=dist.get_rank(), size=dist.get_world_size(),
+                 local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device, backend=backend,
+                 timeout_s=timeout_s)
+
+
+def close_world() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def wait_works(works: Sequence[tuple[object, str]], timeout_s: float, what: str) -> None:
+    """Wait for every (work, peer description) pair, at most ``timeout_s`` seconds in all.
+
+    Polls instead of blocking so that a stalled peer ends in a PeerError that names it, not a hang;
+    a peer that died surfaces as the backend's error, also turned into a PeerError naming it.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = list(works)
+    pause = 2e-5
+    while pending:
+        still = []
+        for work, peer in pending:
+            try:
+                done = work.is_completed()
+                if done:
+                    work.wait()
+            except RuntimeError as exc:
+                raise PeerError(f"{what}: {peer} failed ({_short(exc)}); it probably crashed or was killed, "
+                                "check its log") from None
+            if not done:
+                still.append((work, peer))
+        pending = still
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            names = ", ".join(peer for _, peer in pending)
+            raise PeerError(f"{what}: nothing from {names} within comm.timeout_s={timeout_s:g} s; that peer "
+                            "stalled or died (raise comm.timeout_s if it is only slow)")
+        time.sleep(pause)
+        pause = min(pause * 2, 2e-3)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1][:300] if text else type(exc).__name__
+
+
+def all_reduce_sum(tensor: torch.Tensor, world: World, what: str = "all-reduce") -> torch.Tensor:
+    """Collective: every rank calls it. Sums ``tensor`` in place across ranks, bounded by the timeout."""
+    if world.size == 1:
+        return tensor
+    try:
+        work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
+    except RuntimeError as exc:
+        raise PeerError(f"{what}: a peer failed ({_short(exc)})") from None
+    wait_works([(work, "a peer")], world.timeout_s, what)
+    return tensor
+
+
+def all_gather_into(output: torch.Tensor, tensor: torch.Tensor, world: World, what: str = "all-gather") -> torch.Tensor:
+    """Collective: every rank calls it with equal-sized tensors; ``output`` holds world.size of them."""
+    if world.size == 1:
+        output.copy_(tensor.reshape(output.shape))
+        return output
+    try:
+        work = dist.all_gather_into_tensor(output, tensor, async_op=True)
+    except RuntimeError as exc:
+        raise PeerError(f"{what}: a peer failed ({_short(exc)})") from None
+    wait_works([(work, "a peer")], world.timeout_s, what)
+    return output
+
+
+def broadcast(tensor: torch.Tensor, world: World, src: int = 0, what: str = "broadcast") -> torch.Tensor:
+    """Collective: rank ``src``'s tensor is copied into every rank's ``tensor``."""
+    if world.size == 1:
+        return tensor
+    try:
+        work = dist.broadcast(tensor, src=src, async_op=True)
+    except RuntimeError as exc:
+        raise PeerError(f"{what}: a peer failed ({_short(exc)})") from None
+    wait_works([(work, f"node {src}")], world.timeout_s, what)
+    return tensor
+
+
+def barrier(world: World, what: str = "barrier") -> None:
+    """Collective: returns when every rank has called it (a tiny all-reduce, so it is bounded too)."""
+    all_reduce_sum(torch.zeros(1, device=world.device), world, what)

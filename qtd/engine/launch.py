@@ -1,0 +1,31 @@
+"""`qtd launch CONFIG`: torchrun with one process per graph node on this machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Sequence
+
+from ..config import load_config
+from ..topology import build_topology
+
+
+def torchrun_command(config_path: str, overrides: Sequence[str], nodes: int, max_restarts: int = 0) -> list[str]:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nodes}",
+               f"--max-restarts={max_restarts}", "-m", "qtd.train", "--config", str(config_path)]
+    for override in overrides:
+        command += ["--set", override]
+    return command
+
+
+def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int = 0) -> int:
+    """Check the config and graph here (one clear message instead of n copies), then start torchrun."""
+    config = load_config(config_path, overrides)
+    build_topology(config.topology)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    command = torchrun_command(config_path, overrides, config.topology.nodes, max_restarts)
+    print(f"qtd: starting {config.topology.nodes} nodes ({config.algorithm.name if config.mode == 'decentralized' else 'ps'}),"
+          f" writing to {config.run.out_dir}", file=sys.stderr, flush=True)
+    return subprocess.call(command, env=env)

@@ -1,0 +1,117 @@
+"""Loggers behind a tiny interface: TensorBoard scalars, metrics.jsonl, summary.json, a progress bar.
+
+Only the chosen rank writes shared files (metrics.jsonl, summary.json, config.yaml, the global
+TensorBoard run); every node writes its own TensorBoard run under ``tensorboard/node_XXX``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class ScalarLogger:
+    """Do-nothing default; subclasses write somewhere."""
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        pass
+
+    def text(self, tag: str, text: str) -> None:
+        pass
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLogger(ScalarLogger):
+    """One TensorBoard run (a directory of event files)."""
+
+    def __init__(self, log_dir: str | Path, flush_secs: int = 10) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        self._writer = SummaryWriter(log_dir=str(log_dir), flush_secs=flush_secs)
+
+    def scalars(self, values: Mapping[str, float], step: int) -> None:
+        for tag, value in values.items():
+            if value is not None and math.isfinite(float(value)):
+                self._writer.add_scalar(tag, float(value), step)
+
+    def text(self, tag: str, text: str) -> None:
+        self._writer.add_text(tag, text)
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        clean = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
+        finite = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
+        self._writer.add_hparams(clean, finite, run_name=".")
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+class JsonlWriter:
+    """Appends one JSON object per line and flushes each, so a crash loses nothing already written."""
+
+    def __init__(self, path: str | Path, truncate: bool = False) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "w" if truncate else "a")
+
+    def write(self, record: Mapping[str, Any]) -> None:
+        self._file.write(json.dumps(dict(record), default=_json_default) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(dict(data), indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+class Progress:
+    """A tqdm bar on the chosen rank with loss and ETA; silent elsewhere or when disabled."""
+
+    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train") -> None:
+        self._bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=0.5)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        if self._bar is not None:
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+            self._bar.update(n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()

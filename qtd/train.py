@@ -1,0 +1,53 @@
+"""`python -m qtd.train --config CONFIG [--set k=v ...]`: one graph node, as started by torchrun.
+
+    torchrun --nproc_per_node 8 -m qtd.train --config configs/quickstart.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Sequence
+
+from .comm import close_world, init_world
+from .config import load_config
+from .errors import PeerError, QtdError
+
+
+def train_command(config_path: str, overrides: Sequence[str]) -> int:
+    """Build, train, close. A failed peer ends this process at once with a message naming the peer."""
+    config = load_config(config_path, overrides)
+    from .engine import run_node  # heavy imports after the config is known to be good
+
+    world = init_world(config.comm.backend, config.comm.timeout_s)
+    try:
+        run_node(config, world)
+    except PeerError as exc:
+        print(f"qtd: node {world.rank}: error: {exc}", file=sys.stderr, flush=True)
+        # Sends and receives still posted to a dead peer would block a clean shutdown: leave now.
+        os._exit(1)
+    except QtdError as exc:
+        print(f"qtd: node {world.rank}: error: {exc}", file=sys.stderr, flush=True)
+        os._exit(2)
+    close_world()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m qtd.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set compression.bits=4 (repeatable)")
+    args = parser.parse_args(argv)
+    try:
+        code = train_command(args.config, args.overrides)
+    except QtdError as exc:
+        print(f"qtd: error: {exc}", file=sys.stderr, flush=True)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""A single-process reference for the synchronous algorithms, built from the same pure functions.
+
+It is deliberately naive (a loop over nodes): tests compare the real multi-process engine against it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qtd.algorithms import dsgd_update, quantimed_update, sgd_update, step_sizes
+from qtd.compress import decode_message, encode_message
+from qtd.config import Config
+from qtd.engine.problem import build_problem, make_gradient_step
+from qtd.topology import build_topology
+
+
+def reference_models(config: Config, iterations: int, samples: list[list[int]] | None = None) -> list[torch.Tensor]:
+    """Each node's flat model after ``iterations`` steps. ``samples[i][t]``: node i's sample count at
+    iteration t (deadline runs), computed in micro-batches of algorithm.micro_batch_size."""
+    n, algo, seed = config.topology.nodes, config.algorithm, config.run.seed
+    cpu = torch.device("cpu")
+    problem = build_problem(config)
+    topology = build_topology(config.topology)
+    flats = [problem.new_flat_model(cpu) for _ in range(n)]
+    samplers = [problem.node_sampler(i, seed) for i in range(n)]
+    steps = [make_gradient_step(flats[i], samplers[i], cpu) for i in range(n)]
+    sizes = step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations)
+    bits = config.compression.bits
+    for t in range(iterations):
+        messages = [encode_message(flats[i].params.detach(), bits, i, t, seed=seed) for i in range(n)]
+        for i in range(n):
+            flats[i].grads.zero_()
+            count = samples[i][t] if samples is not None else algo.batch_size
+            done = 0
+            while done < count:
+                k = min(algo.micro_batch_size if samples is not None else count, count - done)
+                steps[i](k)
+                done += k
+            if count:
+                flats[i].grads.div_(count)
+        if algo.name == "allreduce_sgd":
+            mean_grad = torch.stack([f.grads for f in flats]).mean(dim=0)
+            new = [sgd_update(f.params.detach(), mean_grad, sizes.alpha) for f in flats]
+        else:
+            new = []
+            for i in range(n):
+                view = topology.view(i)
+                mixed = torch.zeros(flats[i].numel)
+                for j, w in zip(view.neighbours, view.neighbour_weights):
+                    mixed.add_(decode_message(messages[j])[1], alpha=w)
+                x, g = flats[i].params.detach(), flats[i].grads
+                if algo.name == "dsgd":
+                    new.append(dsgd_update(x, mixed, view.self_weight, g, sizes.alpha))
+                else:
+                    new.append(quantimed_update(x, mixed, view.self_weight, g, sizes.alpha, sizes.eps))
+        with torch.no_grad():
+            for f, x in zip(flats, new):
+                f.params.copy_(x)
+    return [f.params.detach().clone() for f in flats]

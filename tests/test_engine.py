@@ -1,0 +1,139 @@
+"""The real engine, end to end: torchrun processes on gloo, checked against single-process references."""
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from qtd.config import load_config
+from qtd.metrics import read_jsonl
+from tests.harness import REPO, collect, run_qtd, start_ranks
+from tests.reference import reference_models
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["topology.kind=ring", "topology.nodes=4", "data.name=synthetic", "model.hidden=[16]",
+         "run.eval_every=2", "run.progress=false", "algorithm.batch_size=8"]
+
+
+def _final_params(out: Path, iteration: int, nodes: int) -> list[torch.Tensor]:
+    return [torch.load(out / "checkpoints" / f"iter_{iteration:08d}" / f"node_{r:03d}.pt",
+                       weights_only=True)["params"] for r in range(nodes)]
+
+
+def _launch(tmp_path: Path, overrides: list[str], config: str = "configs/quickstart.yaml", timeout: float = 240):
+    out = tmp_path / "run"
+    result = run_qtd(["launch", config, "--set", f"run.out_dir={out}", *sum((["--set", o] for o in overrides), [])],
+                     timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+@pytest.mark.parametrize("algorithm, extra", [
+    ("qdsgd", ["compression.bits=3"]),
+    ("dsgd", ["compression.bits=16"]),
+    ("allreduce_sgd", ["compression.bits=32"]),
+    ("quantimed", ["compression.bits=5", "emulation.stragglers=true", "emulation.speed_distribution=fixed",
+                   "emulation.speeds=[100, 150, 200, 300]", "algorithm.deadline_s=0.1",
+                   "algorithm.micro_batch_size=4"]),
+])
+def test_real_run_reproduces_the_single_process_reference(tmp_path, algorithm, extra):
+    overrides = SMALL + [f"algorithm.name={algorithm}", "run.iterations=4", "algorithm.overlap=true", *extra]
+    out = _launch(tmp_path, overrides)
+    config = load_config(out / "config.yaml")
+    samples = None
+    if algorithm == "quantimed":
+        samples = [[row["samples"] for row in read_jsonl(out / "nodes" / f"node_{i:03d}.jsonl")] for i in range(4)]
+        assert samples == [[int(v * 0.1)] * 4 for v in (100, 150, 200, 300)]  # floor(V * T_d)
+    expected = reference_models(config, 4, samples)
+    for got, want in zip(_final_params(out, 4, 4), expected):
+        assert_close(got, want, rtol=1e-5, atol=1e-6)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["algorithm"] == algorithm and summary["iterations"] == 4 and summary["nodes"] == 4
+    if algorithm != "allreduce_sgd":
+        from qtd.compress import message_nbytes
+        numel = expected[0].numel()
+        assert summary["bytes_sent"] == 4 * 2 * 4 * message_nbytes(numel, config.compression.bits)
+
+
+def test_quickstart_trains_to_90_percent_and_writes_the_run_directory(tmp_path):
+    out = _launch(tmp_path, ["run.progress=false"])
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("algorithm", "nodes", "iterations", "time_s", "eval_loss", "eval_accuracy", "consensus_error",
+                "bytes_sent", "samples_per_iteration"):
+        assert key in summary
+    assert summary["eval_accuracy"] >= 0.90, summary
+    assert summary["nodes"] == 8 and summary["iterations"] == 300
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["iteration"] for r in rows] == list(range(25, 301, 25))
+    assert rows[-1]["consensus_error"] < rows[0]["consensus_error"] * 10
+    assert all(set(r) >= {"iteration", "time_s", "eval_loss", "eval_accuracy", "consensus_error", "bytes_sent"}
+               for r in rows)
+    assert load_config(out / "config.yaml").run.out_dir == str(out)
+    # the deadline holds: the compute phase overshoots T_d by at most about one micro-batch
+    assert summary["deadline_overshoot_p99_s"] <= summary["micro_batch_p99_s"] + 0.01, summary
+    assert min(summary["samples_per_iteration"]) > 0
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    global_tags = EventAccumulator(str(out / "tensorboard" / "global")).Reload().Tags()["scalars"]
+    assert {"eval/loss", "eval/accuracy", "eval/consensus_error", "comm/bytes_sent_total"} <= set(global_tags)
+    node = EventAccumulator(str(out / "tensorboard" / "node_003")).Reload()
+    assert {"node/train_loss", "node/samples", "node/compute_s", "node/wait_s", "node/bytes_sent"} <= \
+        set(node.Tags()["scalars"])
+    assert len(node.Scalars("node/samples")) == 300
+
+
+def test_uniform_stragglers_compute_floor_of_speed_times_deadline(tmp_path):
+    out = _launch(tmp_path, SMALL + ["algorithm.name=quantimed", "run.iterations=6", "emulation.stragglers=true",
+                                     "algorithm.deadline_s=0.1", "algorithm.micro_batch_size=2"])
+    for rank in range(4):
+        for row in read_jsonl(out / "nodes" / f"node_{rank:03d}.jsonl"):
+            assert 10 <= row["speed"] <= 90
+            assert row["samples"] == int(row["speed"] * 0.1 + 1e-9), row
+
+
+def test_world_size_must_match_topology(tmp_path):
+    import subprocess
+    import sys
+    from tests.harness import child_env
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "qtd.train", "--config", "configs/quickstart.yaml",
+                             "--set", f"run.out_dir={tmp_path}"], cwd=REPO, env=child_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "topology.nodes=8 but 2 processes were started" in result.stderr
+    assert "Traceback" not in result.stderr.split("torch.distributed.elastic")[0]
+
+
+def test_killing_one_node_ends_the_others_with_a_message(tmp_path):
+    config = tmp_path / "kill.yaml"
+    config.write_text((REPO / "configs" / "quickstart.yaml").read_text())
+    overrides = SMALL + [f"run.out_dir={tmp_path / 'run'}", "run.iterations=100000", "comm.timeout_s=5",
+                         "algorithm.deadline_s=0.01"]
+    procs = start_ranks("tests.workers:train_worker", 4, tmp_path, {"config": str(config), "overrides": overrides})
+    log = tmp_path / "run" / "nodes" / "node_002.jsonl"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 5):
+        time.sleep(0.2)
+    assert log.exists(), "node 2 never started training"
+    procs[2].send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    results = collect(procs, timeout=60)
+    assert time.monotonic() - killed_at < 5 + 15
+    for rank in (0, 1, 3):
+        assert results[rank].returncode != 0
+        assert "error" in results[rank].stderr and "node" in results[rank].stderr
+        assert "Traceback" not in results[rank].stderr
+    for rank in (1, 3):  # the neighbours of the dead node name it
+        assert "node 2" in results[rank].stderr, results[rank].stderr[-2000:]
+
+
+def test_bad_override_is_one_clear_line(tmp_path):
+    result = run_qtd(["launch", "configs/quickstart.yaml", "--set", "compression.bits=12"], timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "qtd: error: compression.bits=12 is not allowed: use 1..8 (quantized), 16 (half) or 32 (raw)"]
