@@ -186,7 +186,7 @@ def test_spectral_gap_of_a_hand_made_matrix():
 def test_kappa_below_the_max_degree_is_rejected_naming_topology_kappa():
     with pytest.raises(TopologyError, match=r"topology\.kappa=2\.5 .*negative self weights") as info:
         build_topology(TopologyConfig(kind="star", nodes=4, kappa=2.5))  # hub degree 3
-    assert "kappa >= 3" in str(info.value) and "null" in str(info.value)
+    assert "topology.kappa > 3 (the max degree)" in str(info.value) and "null" in str(info.value)
 
 
 def test_kappa_at_half_lambda_max_is_rejected_as_not_convergent():

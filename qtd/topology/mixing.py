@@ -43,21 +43,26 @@ def laplacian_weights(a: np.ndarray, kappa: float) -> np.ndarray:
 
     W is symmetric with rows summing to 1 for any kappa; it is non-negative iff kappa >= max degree and
     converges (lambda_n(W) = 1 - lambda_max(L)/kappa > -1) iff kappa > lambda_max(L)/2. Both are
-    checked here so the error can name topology.kappa.
+    checked here so the error can name topology.kappa. Since lambda_max(L) <= 2 * max degree, the two
+    reduce to kappa > max degree, or kappa = max degree on a graph with lambda_max(L) < 2 * max degree
+    (an odd ring, say); only that borderline case needs the eigenvalue.
     """
     degrees = a.sum(axis=1)
     laplacian = np.diag(degrees) - a
-    lambda_max = float(np.linalg.eigvalsh(laplacian)[-1]) if len(a) else 0.0
     max_degree = float(degrees.max(initial=0.0))
-    if kappa < max_degree - ATOL or not kappa > lambda_max / 2 * (1 + ATOL):
-        problem = ("has negative self weights (1 - degree/kappa < 0)" if kappa < max_degree - ATOL
-                   else "does not converge (lambda_n(W) = 1 - lambda_max(L)/kappa <= -1)")
-        # lambda_max(L) <= 2 * max degree, so the two conditions reduce to one bound on kappa
-        bound = (f"kappa > {max_degree:g} (max degree = lambda_max(L)/2)"
-                 if lambda_max / 2 >= max_degree - ATOL else f"kappa >= {max_degree:g} (max degree)")
+    if kappa < max_degree - ATOL:
+        problem = "has negative self weights (1 - degree/kappa < 0)"
+    elif kappa > max_degree + ATOL:
+        problem = ""
+    else:
+        lambda_max = float(np.linalg.eigvalsh(laplacian)[-1])
+        problem = "" if kappa > lambda_max / 2 * (1 + ATOL) else (
+            "does not converge (lambda_n(W) = 1 - lambda_max(L)/kappa <= -1)")
+    if problem:
         raise TopologyError(
-            f"topology.kappa={kappa:g} is too small for this graph: W = I - L/kappa {problem}; it needs "
-            f"{bound}; set topology.kappa={max_degree + 2:g} or leave it null for max degree + 2")
+            f"topology.kappa={kappa:g} is too small for this graph: W = I - L/kappa {problem}; use "
+            f"topology.kappa > {max_degree:g} (the max degree), e.g. {max_degree + 2:g}, or leave it null "
+            "for max degree + 2")
     return np.eye(len(a)) - laplacian / kappa
 
 
