@@ -1,1 +1,13 @@
-"""qtd.topology"""
+"""Pure topology layer: graphs -> mixing matrix W -> checks, spectral gap, per-rank neighbour weights.
+
+Uses networkx and numpy only; never imports torch.distributed.
+"""
+
+from .graphs import build_graph, check_connected, torus_shape
+from .mixing import check_mixing_matrix, default_kappa, mixing_matrix, spectral_gap
+from .topology import NodeView, Topology, build_topology, topology_from_graph
+
+__all__ = [
+    "NodeView", "Topology", "build_graph", "build_topology", "check_connected", "check_mixing_matrix",
+    "default_kappa", "mixing_matrix", "spectral_gap", "topology_from_graph", "torus_shape",
+]
