@@ -62,6 +62,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("qtd: interrupted", file=sys.stderr)
         code = 130
+    except BrokenPipeError:  # `qtd topology ... | head`: the reader left, nothing is wrong
+        sys.stderr.close()
+        code = 0
     sys.exit(code)
 
 
