@@ -432,3 +432,46 @@ def test_torch_dataset_items_are_read_into_memory():
     splits = to_splits((train, test), DataConfig(), seed=0)
     assert splits.input_shape == (1, 5, 5) and splits.num_classes == 2
     assert torch.equal(splits.test.batch(torch.arange(6))[0], test.tensors[0])
+
+
+def test_a_failed_download_says_what_to_do(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets
+
+    class Offline:
+        def __init__(self, root, train, download):
+            raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", Offline)
+    with pytest.raises(DataError) as info:
+        load_dataset(DataConfig(name="mnist", root=str(tmp_path), download=True))
+    message = str(info.value)
+    assert "data.download=true failed" in message and "no route to host" in message
+    assert "data.download=false" in message and "MNIST/raw" in message
+
+
+def test_import_paths_resolve_from_the_current_directory(tmp_path, monkeypatch):
+    import os
+    import sys
+
+    (tmp_path / "cwd_only_data.py").write_text(
+        "import torch\ndef make():\n    return torch.randn(10, 3), torch.arange(10) % 2\n")
+    monkeypatch.chdir(tmp_path)
+    # as under the `qtd` console script: neither "" nor the current directory is on sys.path
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd(), str(tmp_path))])
+    splits = load_dataset(DataConfig(name="cwd_only_data:make", eval_on="train"))
+    assert len(splits.train) == 10 and sys.path[-1] == str(tmp_path)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_datasets_and_samplers_work_on_the_node_device(device):
+    splits = load_dataset(DataConfig(), seed=0)
+    dataset = splits.train.to(device)
+    sampler = NodeSampler(dataset, torch.arange(100), seed=0)
+    inputs, labels = sampler.sample(8)
+    assert inputs.device.type == labels.device.type == device
+    reference = NodeSampler(splits.train, torch.arange(100), seed=0).sample(8)
+    torch.testing.assert_close(inputs.cpu(), reference[0])
+    assert torch.equal(labels.cpu(), reference[1])
