@@ -6,7 +6,7 @@ import torch
 from qtd.compress import dequantize, noise_key, quantize, quantize_pack, unpack_dequantize
 from qtd.errors import ConfigError
 
-from compress_helpers import CPU_BACKENDS
+from tests.compress_helpers import CPU_BACKENDS
 
 REPEATS = 4000
 
