@@ -232,7 +232,9 @@ class PSConfig:
 
     compressor: str = "topk"  # none (dense AMSGrad, all-reduce), topk, blocksign
     k_ratio: float = 0.01  # topk: share of the parameters sent
-    error_feedback: bool = True
+    error_feedback: bool = True  # topk and blocksign
+    value_bits: int = 32  # topk: values sent as float32 (32) or float16 (16)
+    batch_size: int = 32  # samples per worker and step
     lr: float = 0.001
     beta1: float = 0.9
     beta2: float = 0.999
@@ -246,6 +248,9 @@ class PSConfig:
         _choice("ps.compressor", self.compressor, PS_COMPRESSORS)
         if not 0 < self.k_ratio <= 1:
             _fail("ps.k_ratio", self.k_ratio, "must be in (0, 1]")
+        if self.value_bits not in (16, 32):
+            _fail("ps.value_bits", self.value_bits, "use 32 (float32 values) or 16 (float16 values)")
+        _positive("ps.batch_size", self.batch_size)
         _positive("ps.lr", self.lr)
         for key, value in (("ps.beta1", self.beta1), ("ps.beta2", self.beta2)):
             if not 0 <= value < 1:

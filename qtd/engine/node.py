@@ -132,6 +132,9 @@ def _node_state(flat: FlatModel, sampler, algorithm, counters: NodeCounters) -> 
 
 def run_node(config: Config, world: World) -> dict[str, Any] | None:
     """Train this process's node; returns the run summary on rank 0 (None elsewhere)."""
+    if config.mode == "ps":
+        from .ps import run_ps_node  # imports this module's helpers: import here, not at the top
+        return run_ps_node(config, world)
     if config.topology.nodes != world.size:
         raise ConfigError(f"topology.nodes={config.topology.nodes} but {world.size} processes were started: "
                           f"set topology.nodes={world.size} or start {config.topology.nodes} processes "
