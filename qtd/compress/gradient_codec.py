@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .blocksign import blocksign_compress, blocksign_decompress
+from .blocksign import blocksign_compress
 from .error_feedback import ErrorFeedback
 from .gradient_wire import (decode_sign_message, decode_topk_message, encode_sign_message, encode_topk_message,
                             sign_message_nbytes, topk_message_nbytes)
@@ -102,13 +102,42 @@ class BlockSignCodec(_ErrorFeedbackCodec):
         if sum(self.block_sizes) != self.numel:
             raise ValueError(f"block sizes sum to {sum(self.block_sizes)}, expected {self.numel}")
         self.message_nbytes = sign_message_nbytes(self.numel, len(self.block_sizes))
+        starts = [sum(self.block_sizes[:i]) for i in range(len(self.block_sizes))]
+        self._slices = list(zip(starts, self.block_sizes))
 
     def _encode_compensated(self, x: Tensor, sender: int, iteration: int, out: Tensor | None) -> Tensor:
         packed, scales = blocksign_compress(x, self.block_sizes)
         return encode_sign_message(packed, scales, self.numel, sender, iteration, out=out)
 
-    def _decode(self, message: Tensor, sender: int | None, iteration: int | None) -> Tensor:
+    def _signs_and_scales(self, message: Tensor, sender: int | None, iteration: int | None):
         _, packed, scales = decode_sign_message(message, expected_numel=self.numel,
                                                 expected_count=len(self.block_sizes),
                                                 expected_sender=sender, expected_iteration=iteration)
-        return blocksign_decompress(packed, scales, self.block_sizes)
+        table = _sign_table(message.device)
+        signs = table.index_select(0, packed.to(torch.int64)).reshape(-1)[:self.numel]  # +-1.0, bit set = +1
+        return signs, scales.tolist()
+
+    def _decode(self, message: Tensor, sender: int | None, iteration: int | None) -> Tensor:
+        """Equal to :func:`.blocksign.blocksign_decompress` (scale * +-1 is exact), without per-element
+        block ids: a 256-entry table turns each byte into eight signs, then one multiply per block."""
+        signs, scales = self._signs_and_scales(message, sender, iteration)
+        for (start, size), scale in zip(self._slices, scales):
+            signs[start:start + size].mul_(scale)
+        return signs
+
+    def decode_add(self, message: Tensor, total: Tensor, sender: int | None = None,
+                   iteration: int | None = None) -> None:
+        signs, scales = self._signs_and_scales(message, sender, iteration)
+        for (start, size), scale in zip(self._slices, scales):
+            total[start:start + size].add_(signs[start:start + size], alpha=scale)
+
+
+_SIGN_TABLES: dict[torch.device, Tensor] = {}
+
+
+def _sign_table(device: torch.device) -> Tensor:
+    """(256, 8) float32: row b holds the eight signs stored in byte b, least significant bit first."""
+    if device not in _SIGN_TABLES:
+        bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1
+        _SIGN_TABLES[device] = (bits.to(torch.float32) * 2 - 1).to(device)
+    return _SIGN_TABLES[device]
