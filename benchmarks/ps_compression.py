@@ -1,7 +1,7 @@
 """Parameter-server mode on MNIST: dense AMSGrad against TopK 1% (with and without error feedback) and
 Block-Sign with error feedback, 8 workers as real processes (`qtd launch`, gloo).
 
-    python benchmarks/ps_compression.py            # the committed result (5 epochs per method)
+    python benchmarks/ps_compression.py            # the committed result (7 epochs per method)
     python benchmarks/ps_compression.py --quick    # 12 steps per method, no fp16 variant (a few minutes)
     python benchmarks/ps_compression.py --out DIR  # where ps_compression.json and .png go
 
@@ -34,7 +34,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import torch  # noqa: E402
+
 from qtd.comm import ring_allgather_bytes, ring_allreduce_bytes  # noqa: E402
+from qtd.config import load_config  # noqa: E402
 from qtd.metrics import read_jsonl  # noqa: E402
 
 NAME = "ps_compression"
@@ -65,7 +68,16 @@ def find_mnist(explicit: str | None) -> Path:
              + "; pass --data-root DIR")
 
 
-def run_method(label: str, overrides: list[str], common: list[str], run_dir: Path, timeout_s: float) -> dict:
+def initial_params(overrides: list[str]):
+    """theta before the first step (every method starts from the same seeded model)."""
+    from qtd.engine.problem import build_problem
+    from qtd.models import FlatModel
+
+    return FlatModel(build_problem(load_config(CONFIG, overrides)).template).params.detach().clone()
+
+
+def run_method(label: str, overrides: list[str], common: list[str], run_dir: Path, timeout_s: float,
+               theta0) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONWARNINGS"] = "ignore"
@@ -84,9 +96,13 @@ def run_method(label: str, overrides: list[str], common: list[str], run_dir: Pat
     curve = [{"iteration": r["iteration"], "epoch": round(r["epoch"], 4), "test_accuracy": 100 * r["eval_accuracy"],
               "test_loss": r["eval_loss"], "upload_bytes_per_worker": r["upload_bytes"] // workers,
               "wire_bytes_per_worker": r["bytes_sent"] // workers, "train_time_s": r["time_s"]} for r in rows]
+    checkpoint = run_dir / "checkpoints" / f"iter_{summary['iterations']:08d}" / "node_000.pt"
+    theta = torch.load(checkpoint, weights_only=True)["params"]
+    never_updated = float((theta == theta0).double().mean())  # parameters no step ever changed
     print(f"  {label:13s} {curve[-1]['test_accuracy']:6.2f}%  upload/worker/step "
-          f"{summary['upload_bytes_per_step']:>9,d} B  wall {wall:5.0f} s", flush=True)
-    return {"summary": summary, "curve": curve, "wall_s": wall}
+          f"{summary['upload_bytes_per_step']:>9,d} B  never updated {100 * never_updated:5.1f}%  "
+          f"wall {wall:5.0f} s", flush=True)
+    return {"summary": summary, "curve": curve, "wall_s": wall, "never_updated": never_updated}
 
 
 def crossover_workers(dense_nbytes: int, message_nbytes: int, limit: int = 100_000) -> int | None:
@@ -96,6 +112,13 @@ def crossover_workers(dense_nbytes: int, message_nbytes: int, limit: int = 100_0
         if ring_allreduce_bytes(dense_nbytes, n) < ring_allgather_bytes(message_nbytes, n):
             return n
     return None
+
+
+def curve_gap(better: list[dict], worse: list[dict]) -> dict:
+    """Accuracy of ``better`` minus ``worse`` (points) at each common evaluation: mean, min, max."""
+    gaps = [b["test_accuracy"] - w["test_accuracy"] for b, w in zip(better, worse)]
+    return {"mean": round(sum(gaps) / len(gaps), 2), "min": round(min(gaps), 2), "max": round(max(gaps), 2),
+            "evaluations": len(gaps)}
 
 
 def plot(results: dict, summary: dict, path: Path) -> None:
@@ -145,7 +168,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="12 steps per method instead of 5 epochs")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where the results go")
     parser.add_argument("--data-root", default=None, help="directory of the MNIST IDX files")
-    parser.add_argument("--epochs", type=float, default=5.0)
+    parser.add_argument("--epochs", type=float, default=7.0)
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated subset of " + ", ".join(METHODS) + " (dense and topk_ef are needed)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra config override for every method, e.g. --set ps.lr=0.0005")
     parser.add_argument("--keep-runs", action="store_true", help="keep the run directories under OUT/ps_runs")
     args = parser.parse_args()
     out = Path(args.out)
@@ -156,6 +183,12 @@ def main() -> None:
     common = [f"topology.nodes={WORKERS}", f"ps.batch_size={BATCH}", f"run.iterations={iterations}",
               f"run.eval_every={eval_every}", f"data.root={find_mnist(args.data_root)}", "run.progress=false",
               "run.resume=never", "run.seed=0", "comm.timeout_s=300"]
+    chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = sorted(set(chosen) - set(METHODS))
+    if unknown or not {"dense", "topk_ef"} <= set(chosen):
+        sys.exit(f"ps_compression: --methods must name dense, topk_ef and any of {', '.join(METHODS)}; "
+                 f"got {args.methods!r}")
+    theta0 = initial_params(common + args.overrides)
     runs_root = out / "ps_runs" if args.keep_runs else Path(tempfile.mkdtemp(prefix="qtd_ps_"))
     print(f"ps_compression: {WORKERS} workers x {iterations} steps per method ({iterations / steps_per_epoch:.2f} "
           f"epochs), {os.cpu_count()} CPU cores", flush=True)
@@ -163,9 +196,10 @@ def main() -> None:
     results = {}
     try:
         for label, overrides in METHODS.items():
-            if args.quick and label == "topk_ef_fp16":
+            if label not in chosen or (args.quick and label == "topk_ef_fp16"):
                 continue  # the quick version skips the float16 variant (one process start-up less)
-            results[label] = run_method(label, overrides, common, runs_root / label, timeout_s=1800)
+            results[label] = run_method(label, overrides, common + args.overrides, runs_root / label,
+                                        timeout_s=1800, theta0=theta0)
     finally:
         if not args.keep_runs:
             shutil.rmtree(runs_root, ignore_errors=True)
@@ -182,23 +216,29 @@ def main() -> None:
         "wire_bytes": wire,  # per worker, whole run (ring all-gather or all-reduce)
         "accuracy_gap_topk_ef": round(accuracy["dense"] - accuracy["topk_ef"], 2),
         "byte_reduction_topk_ef": round(upload["dense"] / upload["topk_ef"], 2),
-        "accuracy_gap_topk_no_ef": round(accuracy["dense"] - accuracy["topk"], 2),
+        "params_never_updated": {label: round(run["never_updated"], 4) for label, run in results.items()},
         "wire_reduction_topk_ef": round(wire["dense"] / wire["topk_ef"], 2),
         "upload_bytes_per_step": per_step_upload,
         "wire_bytes_per_step": per_step_wire,
         "crossover_workers": crossover_workers(per_step_upload["dense"], per_step_upload["topk_ef"]),
     }
+    if "topk" in final:
+        summary["accuracy_gap_topk_no_ef"] = round(accuracy["dense"] - accuracy["topk"], 2)
+        summary["curve_gap_no_ef_vs_ef"] = curve_gap(results["topk_ef"]["curve"], results["topk"]["curve"])
     if "topk_ef_fp16" in final:
         summary["accuracy_change_fp16_values"] = round(accuracy["topk_ef_fp16"] - accuracy["topk_ef"], 2)
         summary["byte_reduction_topk_ef_fp16"] = round(upload["dense"] / upload["topk_ef_fp16"], 2)
         summary["crossover_workers_fp16"] = crossover_workers(per_step_upload["dense"],
                                                               per_step_upload["topk_ef_fp16"])
     any_summary = next(iter(final.values()))
+    config = load_config(CONFIG, common + args.overrides)
     settings = {
         "workers": WORKERS, "batch_size_per_worker": BATCH, "iterations": iterations,
         "epochs": round(any_summary["epochs"], 3), "eval_every": eval_every, "quick": args.quick,
         "model": "comp_ams_cnn", "params": any_summary["params"], "k_ratio": 0.01,
-        "k": final["topk_ef"]["k"], "optimizer": "AMSGrad, lr 0.001, betas (0.9, 0.999), eps 1e-8 inside the sqrt",
+        "k": final["topk_ef"]["k"], "optimizer": "AMSGrad, betas (0.9, 0.999), eps 1e-8 inside the sqrt",
+        "ps": {key: getattr(config.ps, key) for key in ("lr", "warmup_steps", "decay_every", "decay_gamma")},
+        "overrides": args.overrides,
         "data": "MNIST t10k IDX, 8,000 train (iid over workers) / 2,000 held-out test", "seed": 0,
         "config": "configs/ps_mnist.yaml", "methods": METHODS, "backend": any_summary["backend"],
         "cpu_cores": os.cpu_count(), "platform": platform.platform(),

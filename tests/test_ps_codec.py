@@ -191,3 +191,8 @@ def test_shipped_ps_configs_load():
     assert config.mode == "ps" and config.model.name == "comp_ams_cnn" and config.ps.compressor == "topk"
     mnist = load_config("configs/ps_mnist.yaml")
     assert mnist.topology.nodes == 8 and mnist.data.name == "mnist_idx"
+
+
+def test_link_emulation_is_refused_in_ps_mode():
+    with pytest.raises(ConfigError, match="emulation.links=True is not allowed: link emulation is not available"):
+        load_config("configs/ps_digits.yaml", ["emulation.links=true"])

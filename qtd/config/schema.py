@@ -285,6 +285,8 @@ class Config:
             _fail("compression.bits", bits,
                   "algorithm.name=dsgd exchanges unquantized models: use 16 or 32, "
                   "or algorithm.name=qdsgd for quantized messages")
+        if self.mode == "ps" and self.emulation.links:
+            _fail("emulation.links", True, "link emulation is not available in mode=ps (emulation.stragglers is)")
         if self.emulation.speed_distribution == "fixed" and len(self.emulation.speeds) != self.topology.nodes:
             _fail("emulation.speeds", list(self.emulation.speeds),
                   f"give one speed per node ({self.topology.nodes} = topology.nodes)")
