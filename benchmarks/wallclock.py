@@ -120,7 +120,7 @@ def final_loss(curve: list[dict], last: int = 3) -> float:
     return sum(tail) / len(tail)
 
 
-def plot(finals: dict[str, dict], levels: list[float], path: Path) -> None:
+def plot(finals: dict[str, dict], levels: list[float], nodes: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,7 +134,7 @@ def plot(finals: dict[str, dict], levels: list[float], path: Path) -> None:
     ax.set_xlabel("training wall-clock time (s)")
     ax.set_ylabel("eval loss (network-average model)")
     ax.set_yscale("log")
-    ax.set_title("8 real processes, emulated stragglers and links")
+    ax.set_title(f"{len(finals)} methods, {nodes} real processes each, emulated stragglers and links")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -212,7 +212,7 @@ def main() -> None:
     result = {"name": NAME, "summary": summary, "settings": settings, "tuning": tuning,
               "runs": {m: {"overrides": run["overrides"], "curve": run["curve"]} for m, run in finals.items()}}
     (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(finals, levels, args.out / f"{NAME}.png")
+    plot(finals, levels, settings["nodes"], args.out / f"{NAME}.png")
     print(json.dumps(summary, indent=2))
     print(f"run directories kept in {work}")
 
