@@ -29,3 +29,10 @@ def test_readme_has_exactly_the_two_fresh_machine_commands_and_ci_runs_the_test_
     assert "pip install -e ." in run and "qtd launch configs/quickstart.yaml" in run
     ci = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
     assert test.split("&& ", 2)[-1] in ci  # the install and test command, exactly as the README says
+
+
+def test_qtd_bench_names_the_available_benchmarks_on_a_typo():
+    from tests.harness import run_qtd
+    result = run_qtd(["bench", "wallclok"], timeout=60)
+    assert result.returncode == 2
+    assert "no benchmark named 'wallclok'" in result.stderr and "wallclock" in result.stderr
