@@ -121,24 +121,23 @@ def curve_gap(better: list[dict], worse: list[dict]) -> dict:
             "evaluations": len(gaps)}
 
 
-def plot(results: dict, summary: dict, path: Path) -> None:
+def plot(curves: dict, summary: dict, settings: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-    for label, run in results.items():
-        epochs = [p["epoch"] for p in run["curve"]]
-        accuracy = [p["test_accuracy"] for p in run["curve"]]
-        upload = [p["upload_bytes_per_worker"] / 1e6 for p in run["curve"]]
-        axes[0].plot(epochs, accuracy, marker="o", ms=3, label=LABELS[label])
-        axes[1].plot(upload, accuracy, marker="o", ms=3, label=LABELS[label])
+    for label, curve in curves.items():
+        accuracy = [p["test_accuracy"] for p in curve]
+        axes[0].plot([p["epoch"] for p in curve], accuracy, marker="o", ms=3, label=LABELS[label])
+        axes[1].plot([p["upload_bytes_per_worker"] / 1e6 for p in curve], accuracy, marker="o", ms=3,
+                     label=LABELS[label])
     axes[0].set(xlabel="epoch", ylabel="test accuracy (%)", title="accuracy vs epochs")
     axes[1].set(xscale="log", xlabel="upload per worker (MB, log)", ylabel="test accuracy (%)",
                 title="accuracy vs bytes uploaded")
-    low = min(p["test_accuracy"] for run in results.values() for p in run["curve"][len(run["curve"]) // 3:])
+    low = min(p["test_accuracy"] for curve in curves.values() for p in curve[1:] or curve)
     for ax in axes[:2]:
-        ax.set_ylim(max(low - 2, 0), 100)
+        ax.set_ylim(max(low - 1, 0), 100)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
     dense, message = summary["upload_bytes_per_step"]["dense"], summary["upload_bytes_per_step"]["topk_ef"]
@@ -153,14 +152,10 @@ def plot(results: dict, summary: dict, path: Path) -> None:
                 title="traffic per worker and step vs n")
     axes[2].grid(alpha=0.3, which="both")
     axes[2].legend(fontsize=8)
-    fig.suptitle(f"PS mode, {summary_title(results)}")
+    fig.suptitle(f"PS mode, {settings['workers']} workers, COMP-AMS CNN ({settings['params']:,} params), "
+                 f"MNIST 8k/2k, {settings['epochs']:.1f} epochs")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-def summary_title(results: dict) -> str:
-    s = next(iter(results.values()))["summary"]
-    return f"{s['nodes']} workers, COMP-AMS CNN ({s['params']:,} params), MNIST 8k/2k, {s['epochs']:.1f} epochs"
 
 
 def main() -> None:
@@ -174,9 +169,14 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every method, e.g. --set ps.lr=0.0005")
     parser.add_argument("--keep-runs", action="store_true", help="keep the run directories under OUT/ps_runs")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNG from OUT/ps_compression.json")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        payload = json.loads((out / f"{NAME}.json").read_text())
+        plot(payload["curves"], payload["summary"], payload["settings"], out / f"{NAME}.png")
+        return
     steps_per_epoch = TRAIN_IMAGES / (WORKERS * BATCH)
     iterations = 12 if args.quick else round(args.epochs * steps_per_epoch)
     eval_every = 4 if args.quick else max(1, round(steps_per_epoch / 2))
@@ -249,7 +249,7 @@ def main() -> None:
     payload = {"summary": summary, "settings": settings,
                "curves": {label: run["curve"] for label, run in results.items()}}
     (out / f"{NAME}.json").write_text(json.dumps(payload, indent=2) + "\n")
-    plot(results, summary, out / f"{NAME}.png")
+    plot(payload["curves"], summary, settings, out / f"{NAME}.png")
     print(json.dumps(summary, indent=2))
     print(f"wrote {out / (NAME + '.json')} and {out / (NAME + '.png')} in {settings['wall_s']:.0f} s")
 
