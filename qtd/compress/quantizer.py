@@ -96,16 +96,28 @@ def quantize_with_grid(x: Tensor, grid: Grid, bits: int, key: int, start: int = 
     return codes.clamp_(max=levels(bits)).to(torch.uint8)
 
 
-def quantize(x: Tensor, bits: int, key: int) -> Quantized:
+def quantize(x: Tensor, bits: int, key: int, *, backend: str = "auto") -> Quantized:
     """Unbiased stochastic rounding of x onto its own min/max grid with 2**bits levels (bits in 1..8).
 
     ``key`` selects the random stream (see :func:`.noise.noise_key`); the same key gives the same codes on
-    every path and device.
+    every path and device. ``backend`` picks the implementation (see :mod:`.backend`).
     """
+    from .backend import select_backend
+
     check_quantized_bits(bits)
     flat = flat_float32(x)
     grid = quantization_grid(flat, bits)
-    codes = quantize_with_grid(flat, grid, bits, key)
+    path = select_backend(flat.device, backend)
+    if path == "numba":
+        from ._numba_kernels import quantize_codes_cpu
+
+        codes = quantize_codes_cpu(flat, grid, bits, key, torch.empty(flat.numel(), dtype=torch.uint8))
+    elif path == "triton":
+        from ._triton_kernels import quantize_codes_triton
+
+        codes = quantize_codes_triton(flat, grid, bits, key, torch.empty_like(flat, dtype=torch.uint8))
+    else:
+        codes = quantize_with_grid(flat, grid, bits, key)
     return Quantized(codes.reshape(x.shape), grid.offset, grid.scale, bits)
 
 
