@@ -26,7 +26,7 @@ except Exception as error:  # ImportError, or numba refusing this numpy version
     UNAVAILABLE_REASON = f"numba cannot be imported: {error}"
 
 from .noise import LOWBIAS_M1, LOWBIAS_M2, UNIFORM_BITS, UNIFORM_SCALE, split_key
-from .quantizer import Grid, levels, quantization_grid
+from .quantizer import Grid, levels
 
 CHUNK = 4096  # elements per step: a multiple of 8, so every chunk starts on a byte boundary at any width
 
@@ -135,12 +135,11 @@ def quantize_codes_cpu(x: Tensor, grid: Grid, bits: int, key: int, codes: Tensor
     return codes
 
 
-def quantize_pack_cpu(x: Tensor, bits: int, key: int, packed: Tensor) -> Grid:
-    """Grid from min/max (torch), then one fused quantize+pack pass into ``packed``."""
-    grid = quantization_grid(x, bits)
+def quantize_pack_cpu(x: Tensor, grid: Grid, bits: int, key: int, packed: Tensor) -> Tensor:
+    """One fused quantize+pack pass of flat float32 ``x`` into ``packed``."""
     _quantize_pack_kernel(x.numpy(), bits, packed.numpy(), np.float32(levels(bits)),
                           np.float32(grid.offset), np.float32(grid.inv_scale), *_keys(key))
-    return grid
+    return packed
 
 
 def unpack_dequantize_cpu(packed: Tensor, bits: int, count: int, offset: float, scale: float, out: Tensor) -> Tensor:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backend import select_backend
+from .backend import run_path
 from .packing import pack_bits, packed_nbytes, unpack_bits
 from .quantizer import Grid, check_quantized_bits, dequantize_codes, flat_float32, quantization_grid, quantize_with_grid
 
@@ -38,20 +38,25 @@ def quantize_pack(
     check_quantized_bits(bits)
     flat = flat_float32(x)
     packed = _output(out, packed_nbytes(flat.numel(), bits), torch.uint8, flat.device, "the packed codes")
-    path = select_backend(flat.device, backend)
-    if path == "numba":
+    grid = quantization_grid(flat, bits)  # the same for every path; a bad input raises here, not in a kernel
+
+    def reference() -> None:
+        for start in range(0, flat.numel(), REFERENCE_CHUNK):
+            codes = quantize_with_grid(flat[start:start + REFERENCE_CHUNK], grid, bits, key, start=start)
+            first = start * bits // 8
+            packed[first:first + packed_nbytes(codes.numel(), bits)] = pack_bits(codes, bits, backend="reference")
+
+    def numba() -> None:
         from ._numba_kernels import quantize_pack_cpu
 
-        return packed, quantize_pack_cpu(flat, bits, key, packed)
-    if path == "triton":
+        quantize_pack_cpu(flat, grid, bits, key, packed)
+
+    def triton() -> None:
         from ._triton_kernels import quantize_pack_triton
 
-        return packed, quantize_pack_triton(flat, bits, key, packed)
-    grid = quantization_grid(flat, bits)
-    for start in range(0, flat.numel(), REFERENCE_CHUNK):
-        codes = quantize_with_grid(flat[start:start + REFERENCE_CHUNK], grid, bits, key, start=start)
-        first = start * bits // 8
-        packed[first:first + packed_nbytes(codes.numel(), bits)] = pack_bits(codes, bits, backend="reference")
+        quantize_pack_triton(flat, grid, bits, key, packed)
+
+    run_path(flat.device, backend, {"numba": numba, "triton": triton}, reference)
     return packed, grid
 
 
@@ -67,18 +72,23 @@ def unpack_dequantize(
     """The ``count`` float32 values ``offset + code * scale`` of a packed stream (``out`` when given)."""
     check_quantized_bits(bits)
     values = _output(out, count, torch.float32, packed.device, "the decoded values")
-    path = select_backend(packed.device, backend)
-    if path == "numba":
+
+    def reference() -> Tensor:
+        for start in range(0, count, REFERENCE_CHUNK):
+            n = min(REFERENCE_CHUNK, count - start)
+            first = start * bits // 8
+            codes = unpack_bits(packed[first:first + packed_nbytes(n, bits)], bits, n, backend="reference")
+            values[start:start + n] = dequantize_codes(codes, offset, scale)
+        return values
+
+    def numba() -> Tensor:
         from ._numba_kernels import unpack_dequantize_cpu
 
         return unpack_dequantize_cpu(packed, bits, count, offset, scale, values)
-    if path == "triton":
+
+    def triton() -> Tensor:
         from ._triton_kernels import unpack_dequantize_triton
 
         return unpack_dequantize_triton(packed, bits, count, offset, scale, values)
-    for start in range(0, count, REFERENCE_CHUNK):
-        n = min(REFERENCE_CHUNK, count - start)
-        first = start * bits // 8
-        codes = unpack_bits(packed[first:first + packed_nbytes(n, bits)], bits, n, backend="reference")
-        values[start:start + n] = dequantize_codes(codes, offset, scale)
-    return values
+
+    return run_path(packed.device, backend, {"numba": numba, "triton": triton}, reference)

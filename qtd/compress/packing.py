@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backend import select_backend
+from .backend import run_path
 from .quantizer import check_quantized_bits
 
 
@@ -34,10 +34,18 @@ def pack_bits(codes: Tensor, bits: int, *, backend: str = "auto") -> Tensor:
     flat = codes.reshape(-1)
     count = flat.numel()
     nbytes = packed_nbytes(count, bits)
-    if select_backend(flat.device, backend) == "numba":
+
+    def numba() -> Tensor:
         from ._numba_kernels import pack_bits_cpu
 
         return pack_bits_cpu(flat, bits, torch.empty(nbytes, dtype=torch.uint8))
+
+    return run_path(flat.device, backend, {"numba": numba}, lambda: _pack_reference(flat, bits))
+
+
+def _pack_reference(flat: Tensor, bits: int) -> Tensor:
+    count = flat.numel()
+    nbytes = packed_nbytes(count, bits)
     if bits == 8:
         return flat.clone()
     groups = (count + 7) // 8
@@ -58,10 +66,17 @@ def unpack_bits(packed: Tensor, bits: int, count: int, *, backend: str = "auto")
     nbytes = packed_nbytes(count, bits)
     if flat.numel() != nbytes:
         raise ValueError(f"{count} codes of {bits} bits take {nbytes} bytes, got {flat.numel()}")
-    if select_backend(flat.device, backend) == "numba":
+
+    def numba() -> Tensor:
         from ._numba_kernels import unpack_bits_cpu
 
         return unpack_bits_cpu(flat, bits, torch.empty(count, dtype=torch.uint8))
+
+    return run_path(flat.device, backend, {"numba": numba}, lambda: _unpack_reference(flat, bits, count))
+
+
+def _unpack_reference(flat: Tensor, bits: int, count: int) -> Tensor:
+    nbytes = packed_nbytes(count, bits)
     if bits == 8:
         return flat.clone()
     groups = (count + 7) // 8

@@ -102,22 +102,24 @@ def quantize(x: Tensor, bits: int, key: int, *, backend: str = "auto") -> Quanti
     ``key`` selects the random stream (see :func:`.noise.noise_key`); the same key gives the same codes on
     every path and device. ``backend`` picks the implementation (see :mod:`.backend`).
     """
-    from .backend import select_backend
+    from .backend import run_path
 
     check_quantized_bits(bits)
     flat = flat_float32(x)
     grid = quantization_grid(flat, bits)
-    path = select_backend(flat.device, backend)
-    if path == "numba":
+
+    def numba() -> Tensor:
         from ._numba_kernels import quantize_codes_cpu
 
-        codes = quantize_codes_cpu(flat, grid, bits, key, torch.empty(flat.numel(), dtype=torch.uint8))
-    elif path == "triton":
+        return quantize_codes_cpu(flat, grid, bits, key, torch.empty(flat.numel(), dtype=torch.uint8))
+
+    def triton() -> Tensor:
         from ._triton_kernels import quantize_codes_triton
 
-        codes = quantize_codes_triton(flat, grid, bits, key, torch.empty_like(flat, dtype=torch.uint8))
-    else:
-        codes = quantize_with_grid(flat, grid, bits, key)
+        return quantize_codes_triton(flat, grid, bits, key, torch.empty_like(flat, dtype=torch.uint8))
+
+    codes = run_path(flat.device, backend, {"numba": numba, "triton": triton},
+                     lambda: quantize_with_grid(flat, grid, bits, key))
     return Quantized(codes.reshape(x.shape), grid.offset, grid.scale, bits)
 
 
