@@ -26,7 +26,8 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from functools import partial  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -53,12 +54,12 @@ def measure_path(x: torch.Tensor, backend: str, repeats: int) -> dict[str, dict]
         key = noise_key(0, 0, bits)
         packed = torch.empty(packed_nbytes(x.numel(), bits), dtype=torch.uint8)
         values = torch.empty_like(x)
-        t_q, times_q = median_seconds(lambda: quantize_pack(x, bits, key, out=packed, backend=backend), repeats)
-        _, grid = quantize_pack(x, bits, key, out=packed, backend=backend)
-        t_u, times_u = median_seconds(
-            lambda: unpack_dequantize(packed, bits, x.numel(), grid.offset, grid.scale, out=values, backend=backend),
-            repeats,
-        )
+        encode = partial(quantize_pack, x, bits, key, out=packed, backend=backend)
+        t_q, times_q = median_seconds(encode, repeats)
+        _, grid = encode()
+        decode = partial(unpack_dequantize, packed, bits, x.numel(), grid.offset, grid.scale, out=values,
+                         backend=backend)
+        t_u, times_u = median_seconds(decode, repeats)
         quant[str(bits)] = round(input_gb / t_q, 4)
         unpack[str(bits)] = round(input_gb / t_u, 4)
         raw[str(bits)] = {"quant_pack_s": times_q, "unpack_dequant_s": times_u}

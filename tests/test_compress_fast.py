@@ -54,7 +54,8 @@ def test_quantize_and_packing_match_the_reference(bits):
     codes = torch.randint(0, 256, (5003,), dtype=torch.uint8)  # high bits set: both paths must mask them
     packed = pack_bits(codes, bits, backend="reference")
     assert torch.equal(pack_bits(codes, bits, backend="numba"), packed)
-    assert torch.equal(unpack_bits(packed, bits, 5003, backend="numba"), unpack_bits(packed, bits, 5003, backend="reference"))
+    unpacked = unpack_bits(packed, bits, 5003, backend="reference")
+    assert torch.equal(unpack_bits(packed, bits, 5003, backend="numba"), unpacked)
 
 
 @settings(max_examples=80, deadline=None)

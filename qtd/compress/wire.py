@@ -143,7 +143,8 @@ def read_header(message: Tensor) -> Header:
     message's length is exactly what the header implies (so a truncated message is caught here).
     """
     if not isinstance(message, Tensor) or message.dtype != torch.uint8 or message.dim() != 1:
-        what = f"{message.dtype} tensor of shape {tuple(message.shape)}" if isinstance(message, Tensor) else type(message).__name__
+        what = (f"{message.dtype} tensor of shape {tuple(message.shape)}" if isinstance(message, Tensor)
+                else type(message).__name__)
         raise WireFormatError(f"a qtd message is a 1-D uint8 tensor, got a {what}")
     if message.numel() < HEADER_BYTES:
         raise WireFormatError(
