@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     x = torch.randn(args.elements)
-    fast_repeats, ref_repeats = (5, 1) if args.quick else (15, 3)
+    fast_repeats, ref_repeats = (5, 1) if args.quick else (21, 5)
     fast = select_backend(x.device)
 
     copy_dst = torch.empty_like(x)
