@@ -2,8 +2,11 @@
 
 They follow the reference definitions bit for bit: the element hash of :mod:`.noise`, the float32 rounding
 of :mod:`.quantizer` (``t = (x - offset) * inv_scale``; ``code = floor(t) + (u < t - floor(t))``, clamped to
-the top level) and the layout of :mod:`.packing`. Work goes in chunks of ``CHUNK`` elements through a small
-code buffer: the quantize loop vectorizes (SIMD over 32-bit lanes), then the chunk is packed 8 codes at a time.
+the top level) and the layout of :mod:`.packing`. Quantize+pack goes in chunks of ``CHUNK`` elements through a
+small code buffer: the quantize loop vectorizes (SIMD over 32-bit lanes), then the chunk is packed. Unpack+
+dequantize writes floats straight from the packed bytes. Widths 1, 2, 4 and 8 never split a code across bytes
+and get byte-at-a-time loops with constant trip counts (these vectorize); 3, 5, 6 and 7 go 8 codes (one
+``bits``-byte group in a 64-bit word) at a time.
 No ``fastmath``: contracting multiply-add into FMA would change rounding and break equality with the reference.
 
 Kernels take numpy views of contiguous tensors and release the GIL, so a communication thread can run alongside.
