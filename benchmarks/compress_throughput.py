@@ -9,7 +9,8 @@ several passes. quant_pack includes the min/max pass that sets the grid, i.e. ev
 does but the 40-byte header. ``quant_pack_gbps`` / ``unpack_dequant_gbps`` are the path encode_message
 and decode_message pick automatically on CPU; ``reference_*`` the plain-torch path, the starting point.
 ``copy_gbps`` counts bytes read plus written by ``dst.copy_(src)`` (80 MB per pass), ``copy_input_gbps``
-only the 40 MB read, comparable with the other figures.
+only the 40 MB read, comparable with the other figures. ``cpu_time_*`` repeat the fast path's figures per
+second of the thread's CPU time: on a shared machine they show what the code does when it gets the core.
 """
 
 from __future__ import annotations
@@ -37,35 +38,43 @@ BITS = (1, 2, 4, 8)
 NAME = "compress_throughput"
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float], list[float]]:
+    """Median wall-clock seconds of ``repeats`` passes after one warm-up, plus every pass's wall-clock and
+    thread CPU seconds (the latter barely moves when other processes compete for the cores)."""
     fn()  # warm-up: compilation, page faults
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.thread_time() - start_cpu)
+    return statistics.median(wall), wall, cpu
 
 
 def measure_path(x: torch.Tensor, backend: str, repeats: int) -> dict[str, dict]:
-    quant, unpack, raw = {}, {}, {}
+    quant, unpack, quant_cpu, unpack_cpu, raw = {}, {}, {}, {}, {}
     input_gb = x.numel() * 4 / 1e9
     for bits in BITS:
         key = noise_key(0, 0, bits)
         packed = torch.empty(packed_nbytes(x.numel(), bits), dtype=torch.uint8)
         values = torch.empty_like(x)
         encode = partial(quantize_pack, x, bits, key, out=packed, backend=backend)
-        t_q, times_q = median_seconds(encode, repeats)
+        t_q, wall_q, cpu_q = median_seconds(encode, repeats)
         _, grid = encode()
         decode = partial(unpack_dequantize, packed, bits, x.numel(), grid.offset, grid.scale, out=values,
                          backend=backend)
-        t_u, times_u = median_seconds(decode, repeats)
+        t_u, wall_u, cpu_u = median_seconds(decode, repeats)
         quant[str(bits)] = round(input_gb / t_q, 4)
         unpack[str(bits)] = round(input_gb / t_u, 4)
-        raw[str(bits)] = {"quant_pack_s": times_q, "unpack_dequant_s": times_u}
+        quant_cpu[str(bits)] = round(input_gb / statistics.median(cpu_q), 4)
+        unpack_cpu[str(bits)] = round(input_gb / statistics.median(cpu_u), 4)
+        raw[str(bits)] = {"quant_pack_s": wall_q, "unpack_dequant_s": wall_u,
+                          "quant_pack_cpu_s": cpu_q, "unpack_dequant_cpu_s": cpu_u}
         print(f"  {backend:9s} s={bits}: quantize+pack {quant[str(bits)]:7.3f} GB/s   "
-              f"unpack+dequantize {unpack[str(bits)]:7.3f} GB/s", flush=True)
-    return {"quant_pack_gbps": quant, "unpack_dequant_gbps": unpack, "seconds": raw}
+              f"unpack+dequantize {unpack[str(bits)]:7.3f} GB/s   "
+              f"(per CPU-second: {quant_cpu[str(bits)]:.3f} / {unpack_cpu[str(bits)]:.3f})", flush=True)
+    return {"quant_pack_gbps": quant, "unpack_dequant_gbps": unpack, "cpu_time_quant_pack_gbps": quant_cpu,
+            "cpu_time_unpack_dequant_gbps": unpack_cpu, "seconds": raw}
 
 
 def check_paths_agree(x: torch.Tensor, fast: str) -> None:
@@ -116,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     x = torch.randn(args.elements)
     fast_repeats, ref_repeats = (5, 1) if args.quick else (21, 5)
     fast = select_backend(x.device)
@@ -141,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "copy_input_gbps": round(input_gb / t_copy, 4),
         "reference_quant_pack_gbps": paths["reference"]["quant_pack_gbps"],
         "reference_unpack_dequant_gbps": paths["reference"]["unpack_dequant_gbps"],
+        "cpu_time_quant_pack_gbps": paths[fast]["cpu_time_quant_pack_gbps"],
+        "cpu_time_unpack_dequant_gbps": paths[fast]["cpu_time_unpack_dequant_gbps"],
         "fast_path": fast,
     }
     try:
@@ -157,11 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": {"fast": fast_repeats, "reference": ref_repeats, "copy": 4 * fast_repeats},
         "statistic": "median of repeats after one warm-up pass",
         "units": "GB/s = 1e9 bytes of fp32 input per second (copy_gbps: bytes read + written)",
+        "cpu_time": "cpu_time_* divide by the thread's CPU seconds instead of wall-clock seconds: a check on "
+                    "results taken while other processes compete for the cores",
         "input": "torch.randn, seed 0",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numba": numba_version,
         "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": {"start": load_at_start, "end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
     }
     result = {"summary": summary, "settings": settings,
