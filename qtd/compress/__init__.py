@@ -7,7 +7,8 @@ available (numba on CPU, Triton on CUDA) and the plain torch reference otherwise
 
 from .blocksign import blocksign_compress, blocksign_decompress
 from .error_feedback import ErrorFeedback
-from .fused import quantize_pack, select_backend, unpack_dequantize
+from .backend import select_backend
+from .fused import quantize_pack, unpack_dequantize
 from .noise import noise_key, uniform_noise
 from .packing import pack_bits, packed_nbytes, unpack_bits
 from .quantizer import Quantized, dequantize, quantize
