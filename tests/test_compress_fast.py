@@ -17,7 +17,7 @@ from qtd.compress import (
     unpack_dequantize,
 )
 
-from compress_helpers import requires_numba
+from tests.compress_helpers import requires_numba
 
 pytestmark = requires_numba()
 
