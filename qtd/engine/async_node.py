@@ -36,6 +36,7 @@ from ..config import Config, ConfigError, dump_config
 from ..deadline import SpeedModel
 from ..metrics import (JsonlWriter, Progress, ScalarLogger, TensorBoardLogger, complete_iterations,
                        prune_node_checkpoints, save_node_checkpoint, write_json_atomic)
+from ..metrics.checkpoint import remove_checkpoints
 from ..topology import build_topology
 from .async_step import AsyncDSGDStep, AsyncStepStats, TrainingClock
 from .problem import Problem, build_problem, evaluate_sum, make_gradient_step
@@ -187,16 +188,25 @@ def build_async_step(config: Config, world: World, flat, problem: Problem, topol
                          channel)
 
 
+def resume_refusal(config: Config, nodes: int) -> str | None:
+    """Why this run cannot start in run.out_dir, or None. Asynchronous nodes stop at different
+    iterations, so there is no common point to resume from; starting over silently would discard
+    what the directory holds."""
+    if config.run.resume == "auto" and complete_iterations(config.run.out_dir, nodes):
+        return (f"run.out_dir={config.run.out_dir!r} holds checkpoints, and algorithm.name=async_dsgd does not "
+                "resume (its nodes stop at different iterations): set run.resume=never to start over there, "
+                "or choose another run.out_dir")
+    return None
+
+
 def _refuse_resume(config: Config, world: World) -> None:
-    """Asynchronous nodes stop at different iterations, so there is no common point to resume from."""
+    """Collective: rank 0 looks at run.out_dir, every node learns the verdict."""
     found = torch.zeros(1, dtype=torch.int64, device=world.device)
-    if world.rank == 0 and config.run.resume == "auto":
-        found[0] = len(complete_iterations(config.run.out_dir, world.size))
+    if world.rank == 0:
+        found[0] = resume_refusal(config, world.size) is not None
     broadcast(found, world, 0, "checking for checkpoints")
     if int(found[0]):
-        raise ConfigError(f"run.out_dir={config.run.out_dir!r} holds checkpoints, and algorithm.name=async_dsgd does "
-                          "not resume (its nodes stop at different iterations): set run.resume=never to start over "
-                          "there, or choose another run.out_dir")
+        raise ConfigError(resume_refusal(config, world.size) or "run.out_dir holds checkpoints")
 
 
 def run_async_node(config: Config, world: World) -> dict[str, Any] | None:
@@ -211,6 +221,7 @@ def run_async_node(config: Config, world: World) -> dict[str, Any] | None:
     torch.manual_seed(run.seed * 7919 + rank)
     _refuse_resume(config, world)
     if rank == 0:
+        remove_checkpoints(out)  # starting over (resume_refusal allowed it): older ones would outrank ours
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.yaml").write_text(dump_config(config))
     step = build_async_step(config, world, flat, problem, topology, sampler)
