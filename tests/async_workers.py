@@ -81,7 +81,7 @@ def channel_victim_worker(rank: int, world_size: int, args: dict, out_path: str)
             if rank == args["victim"] and version == 20:
                 if args["how"] == "die":
                     os._exit(9)
-                time.sleep(args["timeout_s"] * 4)
+                time.sleep(args["timeout_s"] * 2)  # well past the neighbours' timeout, then leave
                 os._exit(0)
             channel.send(message, version)
             channel.poll()

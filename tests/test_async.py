@@ -44,7 +44,7 @@ def test_checkpoint_schedule_and_config_checks():
 
 @pytest.mark.slow
 def test_channel_never_blocks_bounds_in_flight_and_matches_every_message(tmp_path):
-    args = {"nbytes": 2000, "latency_s": 0.02, "bandwidth_Bps": 2000 / 0.01, "max_in_flight": 2,
+    args = {"nbytes": 2000, "latency_s": 0.05, "bandwidth_Bps": 2000 / 0.01, "max_in_flight": 2,
             "versions": 120, "pace_s": [0.0, 0.01, 0.03, 0.01], "stall": 2, "stall_s": 1.5}
     run_ranks("tests.async_workers:channel_worker", NODES, tmp_path, args, timeout=120)
     runs = [torch.load(tmp_path / f"rank{r}.out", weights_only=False) for r in range(NODES)]
@@ -67,7 +67,9 @@ def test_channel_never_blocks_bounds_in_flight_and_matches_every_message(tmp_pat
             assert res["received"][j] % res["wire_nbytes"] == 0
     # rank 0 produces models faster than its links carry them: newer ones replace those not yet sent
     assert runs[0]["replaced"] > 0
-    assert max(a[6] - a[1] for a in runs[1]["arrivals"] if a[0] == 0) > 0  # staleness seen by its neighbour
+    # a newer model still held by the emulated link shows as staleness somewhere
+    assert max(a[6] - a[1] for res in runs for a in res["arrivals"]) > 0
+    assert all(a[6] >= a[1] for res in runs for a in res["arrivals"])
 
 
 @pytest.mark.slow
