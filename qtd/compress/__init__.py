@@ -5,9 +5,10 @@ error feedback, Block-Sign and the gradient messages of parameter-server mode. N
 available (numba on CPU, Triton on CUDA) and the plain torch reference otherwise (see :mod:`.fused`).
 """
 
+from .backend import select_backend
 from .blocksign import blocksign_compress, blocksign_decompress
 from .error_feedback import ErrorFeedback
-from .fused import quantize_pack, select_backend, unpack_dequantize
+from .fused import quantize_pack, unpack_dequantize
 from .gradient_codec import BlockSignCodec, TopKCodec
 from .gradient_wire import (GRAD_HEADER_BYTES, GradHeader, decode_sign_message, decode_topk_message,
                             encode_sign_message, encode_topk_message, read_grad_header, sign_message_nbytes,

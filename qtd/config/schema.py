@@ -63,6 +63,9 @@ class RunConfig:
     resume: str = "auto"  # auto: continue from the newest complete checkpoint; never: start over
     progress: bool = True
     time_budget_s: float = 0.0  # 0: no wall-clock budget; otherwise stop a node after this many seconds
+    # async_dsgd: seconds of training between evaluations of the network-average model (nodes pause at the
+    # same training time); 0: a tenth of time_budget_s, or 1 s without a time budget
+    eval_every_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.out_dir:
@@ -73,6 +76,7 @@ class RunConfig:
         _non_negative("run.checkpoint_every", self.checkpoint_every)
         _choice("run.resume", self.resume, ("auto", "never"))
         _non_negative("run.time_budget_s", self.time_budget_s)
+        _non_negative("run.eval_every_s", self.eval_every_s)
 
 
 @dataclass(frozen=True)

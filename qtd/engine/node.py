@@ -24,6 +24,7 @@ from ..metrics import (JsonlWriter, Progress, ScalarLogger, TensorBoardLogger, c
                        write_json_atomic)
 from ..models import FlatModel
 from ..topology import build_topology
+from .async_node import run_async_node
 from .problem import Problem, build_problem, evaluate_sum, make_gradient_step
 from .steps import AllReduceStep, GossipStep, GradientSource, StepStats
 
@@ -82,7 +83,7 @@ def build_step(config: Config, world: World, flat: FlatModel, problem: Problem, 
         return GossipStep(world, flat, gradients, topology.view(world.rank), config.compression.bits,
                           sizes.alpha, sizes.eps, consensus, algo.overlap, config.run.seed, link)
     raise ConfigError(f"algorithm.name={algo.name!r} does not run in the synchronous engine; "
-                      "use quantimed, qdsgd, dsgd or allreduce_sgd")
+                      "use quantimed, qdsgd, dsgd or allreduce_sgd (async_dsgd runs in run_async_node)")
 
 
 class Evaluator:
@@ -140,6 +141,8 @@ def run_node(config: Config, world: World) -> dict[str, Any] | None:
         raise ConfigError(f"topology.nodes={config.topology.nodes} but {world.size} processes were started: "
                           f"set topology.nodes={world.size} or start {config.topology.nodes} processes "
                           f"(torchrun --nproc_per_node {config.topology.nodes})")
+    if config.algorithm.name == "async_dsgd":
+        return run_async_node(config, world)
     run, rank = config.run, world.rank
     out = Path(run.out_dir)
     topology = build_topology(config.topology)
