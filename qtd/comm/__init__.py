@@ -2,12 +2,12 @@
 
 from .async_channel import Arrival, AsyncNeighbourChannel
 from .exchange import ByteCounter, NeighbourExchange, PendingExchange
-from .group import (World, all_gather_bytes, all_gather_into, all_reduce_sum, barrier, broadcast, choose_backend,
+from .group import (World, all_gather_bytes, all_reduce_sum, barrier, broadcast, choose_backend,
                     close_world, init_world, wait_works)
 from .links import LinkModel, ring_allgather_bytes, ring_allreduce_bytes
 
 __all__ = [
     "Arrival", "AsyncNeighbourChannel", "ByteCounter", "LinkModel", "NeighbourExchange", "PendingExchange", "World",
-    "all_gather_bytes", "all_gather_into", "all_reduce_sum", "barrier", "broadcast", "choose_backend", "close_world",
+    "all_gather_bytes", "all_reduce_sum", "barrier", "broadcast", "choose_backend", "close_world",
     "init_world", "ring_allgather_bytes", "ring_allreduce_bytes", "wait_works",
 ]

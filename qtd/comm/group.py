@@ -136,19 +136,6 @@ def all_reduce_sum(tensor: torch.Tensor, world: World, what: str = "all-reduce")
     return tensor
 
 
-def all_gather_into(output: torch.Tensor, tensor: torch.Tensor, world: World, what: str = "all-gather") -> torch.Tensor:
-    """Collective: every rank calls it with equal-sized tensors; ``output`` holds world.size of them."""
-    if world.size == 1:
-        output.copy_(tensor.reshape(output.shape))
-        return output
-    try:
-        work = dist.all_gather_into_tensor(output, tensor, async_op=True)
-    except RuntimeError as exc:
-        raise PeerError(f"{what}: a peer failed ({_short(exc)})") from None
-    wait_works([(work, "a peer")], world.timeout_s, what)
-    return output
-
-
 def all_gather_bytes(message: Tensor, world: World, what: str = "all-gather",
                      out: Tensor | None = None) -> Tensor:
     """Collective: every rank contributes one uint8 message of the same length; returns a
