@@ -106,10 +106,17 @@ def plot(result: dict, path: Path) -> None:
     for i, (label, values) in enumerate(series):
         ax.bar([b + (i - 1.5) * width for b in range(len(BITS))], [values[str(b)] for b in BITS], width, label=label)
     ax.axhline(summary["copy_input_gbps"], color="k", linestyle="--", label="torch copy (input bytes)")
+    for target, what in ((1.0, "quantize+pack"), (2.0, "unpack+dequantize")):
+        ax.axhline(target, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"issue 8 target, {what}", (len(BITS) - 0.5, target), fontsize=7, color="grey",
+                    ha="right", va="bottom")
     ax.set_xticks(range(len(BITS)), [f"s = {b}" for b in BITS])
     ax.set_yscale("log")
     ax.set_ylabel("GB/s of fp32 input (one thread)")
-    ax.set_title(f"qtd compression, {result['settings']['elements']:,} fp32 elements, 1 CPU thread")
+    load = result["settings"].get("load_average_1min", {}).get("start")
+    load_note = f", load avg {load:.1f} on {result['settings']['cpu_count']} cores" if load is not None else ""
+    ax.set_title(f"qtd compression, {result['settings']['elements']:,} fp32 elements, 1 CPU thread{load_note}",
+                 fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
