@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -16,6 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ..errors import ConfigError, PeerError
+from .liveness import Heartbeat
 
 
 @dataclass(frozen=True)
@@ -57,16 +59,33 @@ def init_world(backend: str = "auto", timeout_s: float = 60.0) -> World:
         torch.set_num_threads(1)  # one core per node: n processes share the machine
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=max(timeout_s, 1.0)))
-    global _BACKEND_POLLS
+    global _BACKEND_POLLS, _HEARTBEAT
     _BACKEND_POLLS = backend == "nccl"
+    if _HEARTBEAT is None and dist.get_world_size() > 1:
+        _HEARTBEAT = Heartbeat(dist.get_rank(), dist.get_world_size())
     return World(rank=dist.get_rank(), size=dist.get_world_size(),
                  local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device, backend=backend,
                  timeout_s=timeout_s)
 
 
 def close_world() -> None:
+    global _HEARTBEAT
+    if _HEARTBEAT is not None:
+        _HEARTBEAT.stop()
+        _HEARTBEAT = None
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+_HEARTBEAT: Heartbeat | None = None
+
+
+def peer_failure(what: str, peer: str, exc: BaseException) -> PeerError:
+    """The error for a peer whose connection broke, naming the node that died where heartbeats tell."""
+    silent = _HEARTBEAT.silent_nodes() if _HEARTBEAT is not None else ""
+    if silent:
+        return PeerError(f"{what}: {silent}; check that node's log ({_short(exc)})")
+    return PeerError(f"{what}: {peer} failed ({_short(exc)}); it probably crashed or was killed, check its log")
 
 
 def wait_works(works: Sequence[tuple[object, str]], timeout_s: float, what: str) -> None:
@@ -98,8 +117,7 @@ def wait_works(works: Sequence[tuple[object, str]], timeout_s: float, what: str)
                     names = ", ".join(dict.fromkeys(p for _, p in still + pending[len(still):]))
                     raise PeerError(f"{what}: nothing from {names} within comm.timeout_s={timeout_s:g} s; that "
                                     "peer stalled or died (raise comm.timeout_s if it is only slow)") from None
-                raise PeerError(f"{what}: {peer} failed ({_short(exc)}); it probably crashed or was killed, "
-                                "check its log") from None
+                raise peer_failure(what, peer, exc) from None
         pending = still
         if not pending:
             return
@@ -120,8 +138,10 @@ _BACKEND_POLLS = False
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[-1][:300] if text else type(exc).__name__
+    """The backend's error without its source path and boilerplate advice."""
+    lines = str(exc).strip().splitlines()
+    text = re.sub(r"\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", lines[-1]) if lines else type(exc).__name__
+    return text.split(". This is typically")[0][:300]
 
 
 def all_reduce_sum(tensor: torch.Tensor, world: World, what: str = "all-reduce") -> torch.Tensor:
@@ -131,7 +151,7 @@ def all_reduce_sum(tensor: torch.Tensor, world: World, what: str = "all-reduce")
     try:
         work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
     except RuntimeError as exc:
-        raise PeerError(f"{what}: a peer failed ({_short(exc)})") from None
+        raise peer_failure(what, "a peer", exc) from None
     wait_works([(work, "a peer")], world.timeout_s, what)
     return tensor
 
@@ -161,7 +181,7 @@ def all_gather_bytes(message: Tensor, world: World, what: str = "all-gather",
     try:
         work = gather(out.view(-1), message, async_op=True)
     except RuntimeError as exc:
-        raise PeerError(f"{what}: a peer failed ({_short(exc)})") from None
+        raise peer_failure(what, "a peer", exc) from None
     wait_works([(work, "a peer")], world.timeout_s, what)
     return out
 
@@ -173,7 +193,7 @@ def broadcast(tensor: torch.Tensor, world: World, src: int = 0, what: str = "bro
     try:
         work = dist.broadcast(tensor, src=src, async_op=True)
     except RuntimeError as exc:
-        raise PeerError(f"{what}: a peer failed ({_short(exc)})") from None
+        raise peer_failure(what, "a peer", exc) from None
     wait_works([(work, f"node {src}")], world.timeout_s, what)
     return tensor
 
