@@ -14,6 +14,7 @@ import re
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -52,22 +53,24 @@ def missing_requirements() -> str | None:
 
 
 class SlurmCluster:
-    """munged + slurmctld + slurmd under ``root``; ``submit`` and ``wait`` run jobs; ``stop`` ends it all."""
+    """munged + slurmctld + slurmd in a temporary directory; ``submit`` and ``wait`` run jobs; ``stop`` ends
+    the daemons and removes the directory."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.conf = root / "slurm.conf"
-        self.munge_dir = root / "munge"
+    def __init__(self) -> None:
+        # Not under pytest's tmp_path: that sits in a 0700 directory the munge user cannot enter.
+        self.root = Path(tempfile.mkdtemp(prefix="qtd-slurm-"))
+        self.conf = self.root / "slurm.conf"
+        self.munge_dir = self.root / "munge"
         self.socket = self.munge_dir / "munge.sock"
         self.procs: list[subprocess.Popen] = []
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
 
     # -- start -------------------------------------------------------------------------------------
     def start(self, timeout: float = 60.0) -> "SlurmCluster":
-        why = missing_requirements()
-        if why:
-            raise SlurmUnavailable(why)
         try:
+            why = missing_requirements()
+            if why:
+                raise SlurmUnavailable(why)
             self._start_munge(timeout)
             self._write_conf()
             for daemon in ("slurmctld", "slurmd"):
@@ -91,14 +94,16 @@ class SlurmCluster:
         shutil.chown(key, "munge", "munge")
         shutil.chown(self.munge_dir, "munge", "munge")
         files = {name: str(self.munge_dir / name) for name in ("munged.log", "munged.pid", "munged.seed")}
+        out = open(self.root / "munged.out", "w")
         self.procs.append(subprocess.Popen(
             ["runuser", "-u", "munge", "--", _sbin("munged"), "--foreground", f"--socket={self.socket}",
              f"--key-file={key}", f"--log-file={files['munged.log']}", f"--pid-file={files['munged.pid']}",
-             f"--seed-file={files['munged.seed']}"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+             f"--seed-file={files['munged.seed']}"], stdout=out, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + timeout
         while not self.socket.exists():
             if self.procs[-1].poll() is not None or time.monotonic() > deadline:
-                raise SlurmUnavailable(f"munged did not start:\n{_tail(self.munge_dir / 'munged.log')}")
+                raise SlurmUnavailable(f"munged did not start:\n{_tail(self.root / 'munged.out')}\n"
+                                       f"{_tail(self.munge_dir / 'munged.log')}")
             time.sleep(0.1)
 
     def _write_conf(self) -> None:
@@ -193,7 +198,7 @@ class SlurmCluster:
                          for name in ("slurmctld.log", "slurmd.log", "slurmctld.out", "slurmd.out"))
 
     # -- stop --------------------------------------------------------------------------------------
-    def stop(self) -> None:
+    def stop(self, remove: bool = True) -> None:
         """``scontrol shutdown`` ends slurmctld and slurmd; munged is ended by its PID. Every wait is bounded."""
         if self.conf.exists():
             subprocess.run(["scontrol", "shutdown"], env=self.env, capture_output=True, timeout=30)
@@ -210,6 +215,8 @@ class SlurmCluster:
                 proc.kill()
                 proc.wait(timeout=10)
         self.procs.clear()
+        if remove:
+            shutil.rmtree(self.root, ignore_errors=True)
 
 
 def _sbin(name: str) -> str:
