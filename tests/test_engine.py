@@ -106,7 +106,8 @@ def test_world_size_must_match_topology(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "topology.nodes=8 but 2 processes were started" in result.stderr
-    assert "Traceback" not in result.stderr.split("torch.distributed.elastic")[0]
+    # the only traceback is torchrun's own report that a child failed, none from a node
+    assert result.stderr.count("Traceback") <= result.stderr.count("ChildFailedError"), result.stderr[-3000:]
 
 
 def test_killing_one_node_ends_the_others_with_a_message(tmp_path):

@@ -103,7 +103,7 @@ class NeighbourExchange:
                    f"neighbour exchange at iteration {pending.iteration} on node {self.world.rank}")
         if self.link:
             delay = self.link.delay_s(self.message_nbytes)
-            arrivals = [float(self._recv[j][self.message_nbytes:].cpu().view(torch.float64)[0]) + delay
+            arrivals = [float(self._recv[j][self.message_nbytes:].cpu().clone().view(torch.float64)[0]) + delay
                         for j in self.neighbours]
             remaining = max(arrivals, default=0.0) - time.time()
             if remaining > 0:

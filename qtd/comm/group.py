@@ -56,6 +56,8 @@ def init_world(backend: str = "auto", timeout_s: float = 60.0) -> World:
         torch.set_num_threads(1)  # one core per node: n processes share the machine
     if not dist.is_initialized():
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=max(timeout_s, 1.0)))
+    global _BACKEND_POLLS
+    _BACKEND_POLLS = backend == "nccl"
     return World(rank=dist.get_rank(), size=dist.get_world_size(),
                  local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device, backend=backend,
                  timeout_s=timeout_s)
@@ -69,8 +71,10 @@ def close_world() -> None:
 def wait_works(works: Sequence[tuple[object, str]], timeout_s: float, what: str) -> None:
     """Wait for every (work, peer description) pair, at most ``timeout_s`` seconds in all.
 
-    Polls instead of blocking so that a stalled peer ends in a PeerError that names it, not a hang;
-    a peer that died surfaces as the backend's error, also turned into a PeerError naming it.
+    A stalled peer ends in a PeerError that names it, not a hang; a peer that died surfaces as the
+    backend's error, also turned into a PeerError naming it. Gloo's point-to-point works only complete
+    inside ``wait``, so they are waited on with the remaining time; CUDA (NCCL) works are polled, since
+    their ``wait`` only orders streams and does not block the host.
     """
     deadline = time.monotonic() + timeout_s
     pending = list(works)
@@ -78,24 +82,40 @@ def wait_works(works: Sequence[tuple[object, str]], timeout_s: float, what: str)
     while pending:
         still = []
         for work, peer in pending:
+            remaining = deadline - time.monotonic()
             try:
-                done = work.is_completed()
-                if done:
+                if _polled(work):
+                    if not work.is_completed():
+                        still.append((work, peer))
+                        continue
                     work.wait()
+                else:
+                    work.wait(timeout=datetime.timedelta(seconds=max(remaining, 0.001)))
             except RuntimeError as exc:
+                if "timed out" in str(exc).lower():
+                    still.append((work, peer))
+                    names = ", ".join(dict.fromkeys(p for _, p in still + pending[len(still):]))
+                    raise PeerError(f"{what}: nothing from {names} within comm.timeout_s={timeout_s:g} s; that "
+                                    "peer stalled or died (raise comm.timeout_s if it is only slow)") from None
                 raise PeerError(f"{what}: {peer} failed ({_short(exc)}); it probably crashed or was killed, "
                                 "check its log") from None
-            if not done:
-                still.append((work, peer))
         pending = still
         if not pending:
             return
         if time.monotonic() > deadline:
-            names = ", ".join(peer for _, peer in pending)
+            names = ", ".join(dict.fromkeys(peer for _, peer in pending))
             raise PeerError(f"{what}: nothing from {names} within comm.timeout_s={timeout_s:g} s; that peer "
                             "stalled or died (raise comm.timeout_s if it is only slow)")
         time.sleep(pause)
         pause = min(pause * 2, 2e-3)
+
+
+def _polled(work: object) -> bool:
+    """NCCL works are polled; everything else (gloo) blocks in wait(timeout)."""
+    return _BACKEND_POLLS
+
+
+_BACKEND_POLLS = False
 
 
 def _short(exc: BaseException) -> str:

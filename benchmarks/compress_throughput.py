@@ -1,0 +1,175 @@
+"""Quantize+pack and unpack+dequantize throughput on one CPU thread, next to torch's copy bandwidth.
+
+    python benchmarks/compress_throughput.py            # the committed result (10M elements, s = 1, 2, 4, 8)
+    python benchmarks/compress_throughput.py --quick    # about a minute
+    python benchmarks/compress_throughput.py --out DIR  # where compress_throughput.json and .png go
+
+Throughput is GB/s of fp32 input (4 bytes per element; 10M elements = 40 MB per pass), the median of
+several passes. quant_pack includes the min/max pass that sets the grid, i.e. everything encode_message
+does but the 40-byte header. ``quant_pack_gbps`` / ``unpack_dequant_gbps`` are the path encode_message
+and decode_message pick automatically on CPU; ``reference_*`` the plain-torch path, the starting point.
+``copy_gbps`` counts bytes read plus written by ``dst.copy_(src)`` (80 MB per pass), ``copy_input_gbps``
+only the 40 MB read, comparable with the other figures.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Callable  # noqa: E402
+
+import torch  # noqa: E402
+
+from qtd.compress import noise_key, packed_nbytes, quantize_pack, select_backend, unpack_dequantize  # noqa: E402
+
+BITS = (1, 2, 4, 8)
+NAME = "compress_throughput"
+
+
+def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+    fn()  # warm-up: compilation, page faults
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def measure_path(x: torch.Tensor, backend: str, repeats: int) -> dict[str, dict]:
+    quant, unpack, raw = {}, {}, {}
+    input_gb = x.numel() * 4 / 1e9
+    for bits in BITS:
+        key = noise_key(0, 0, bits)
+        packed = torch.empty(packed_nbytes(x.numel(), bits), dtype=torch.uint8)
+        values = torch.empty_like(x)
+        t_q, times_q = median_seconds(lambda: quantize_pack(x, bits, key, out=packed, backend=backend), repeats)
+        _, grid = quantize_pack(x, bits, key, out=packed, backend=backend)
+        t_u, times_u = median_seconds(
+            lambda: unpack_dequantize(packed, bits, x.numel(), grid.offset, grid.scale, out=values, backend=backend),
+            repeats,
+        )
+        quant[str(bits)] = round(input_gb / t_q, 4)
+        unpack[str(bits)] = round(input_gb / t_u, 4)
+        raw[str(bits)] = {"quant_pack_s": times_q, "unpack_dequant_s": times_u}
+        print(f"  {backend:9s} s={bits}: quantize+pack {quant[str(bits)]:7.3f} GB/s   "
+              f"unpack+dequantize {unpack[str(bits)]:7.3f} GB/s", flush=True)
+    return {"quant_pack_gbps": quant, "unpack_dequant_gbps": unpack, "seconds": raw}
+
+
+def check_paths_agree(x: torch.Tensor, fast: str) -> None:
+    """The fast path must produce the reference path's exact bytes and values on the benchmark's own data."""
+    sample = x[: 1_000_003]
+    for bits in BITS:
+        key = noise_key(0, 0, bits)
+        ref, ref_grid = quantize_pack(sample, bits, key, backend="reference")
+        got, grid = quantize_pack(sample, bits, key, backend=fast)
+        if grid != ref_grid or not torch.equal(ref, got):
+            raise SystemExit(f"{fast} path disagrees with the reference at s={bits}: not timing a wrong kernel")
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = result["summary"]
+    series = [
+        (f"quantize+pack ({summary['fast_path']})", summary["quant_pack_gbps"]),
+        (f"unpack+dequantize ({summary['fast_path']})", summary["unpack_dequant_gbps"]),
+        ("quantize+pack (reference)", summary["reference_quant_pack_gbps"]),
+        ("unpack+dequantize (reference)", summary["reference_unpack_dequant_gbps"]),
+    ]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    width = 0.8 / len(series)
+    for i, (label, values) in enumerate(series):
+        ax.bar([b + (i - 1.5) * width for b in range(len(BITS))], [values[str(b)] for b in BITS], width, label=label)
+    ax.axhline(summary["copy_input_gbps"], color="k", linestyle="--", label="torch copy (input bytes)")
+    ax.set_xticks(range(len(BITS)), [f"s = {b}" for b in BITS])
+    ax.set_yscale("log")
+    ax.set_ylabel("GB/s of fp32 input (one thread)")
+    ax.set_title(f"qtd compression, {result['settings']['elements']:,} fp32 elements, 1 CPU thread")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer passes (about a minute)")
+    parser.add_argument("--out", default="benchmarks/results", help="directory for the .json and .png")
+    parser.add_argument("--elements", type=int, default=10_000_000)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    x = torch.randn(args.elements)
+    fast_repeats, ref_repeats = (5, 1) if args.quick else (15, 3)
+    fast = select_backend(x.device)
+
+    copy_dst = torch.empty_like(x)
+    t_copy, copy_times = median_seconds(lambda: copy_dst.copy_(x), 4 * fast_repeats)
+    input_gb = x.numel() * 4 / 1e9
+    print(f"torch copy: {2 * input_gb / t_copy:.2f} GB/s read+write", flush=True)
+
+    paths = {}
+    if fast != "reference":
+        check_paths_agree(x, fast)
+        paths[fast] = measure_path(x, fast, fast_repeats)
+    paths["reference"] = measure_path(x, "reference", ref_repeats)
+
+    summary = {
+        "quant_pack_gbps": paths[fast]["quant_pack_gbps"],
+        "unpack_dequant_gbps": paths[fast]["unpack_dequant_gbps"],
+        "copy_gbps": round(2 * input_gb / t_copy, 4),
+        "copy_input_gbps": round(input_gb / t_copy, 4),
+        "reference_quant_pack_gbps": paths["reference"]["quant_pack_gbps"],
+        "reference_unpack_dequant_gbps": paths["reference"]["unpack_dequant_gbps"],
+        "fast_path": fast,
+    }
+    try:
+        import numba
+
+        numba_version = numba.__version__
+    except ImportError:
+        numba_version = None
+    settings = {
+        "elements": args.elements,
+        "bits": list(BITS),
+        "threads": torch.get_num_threads(),
+        "quick": args.quick,
+        "repeats": {"fast": fast_repeats, "reference": ref_repeats, "copy": 4 * fast_repeats},
+        "statistic": "median of repeats after one warm-up pass",
+        "units": "GB/s = 1e9 bytes of fp32 input per second (copy_gbps: bytes read + written)",
+        "input": "torch.randn, seed 0",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numba": numba_version,
+        "machine": platform.processor() or platform.machine(),
+        "command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
+    }
+    result = {"summary": summary, "settings": settings,
+              "seconds": {"copy": copy_times, **{name: p["seconds"] for name, p in paths.items()}}}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, out / f"{NAME}.png")
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out / (NAME + '.json')} and {out / (NAME + '.png')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,231 @@
+"""The wire message: a fixed 40-byte header followed by the payload, in one contiguous uint8 tensor.
+
+Header (little-endian, ``HEADER_FORMAT``)::
+
+    offset size field
+         0    4 magic       b"QTDW"
+         4    1 version     WIRE_VERSION
+         5    1 bits        1..8 quantized, 16 float16, 32 float32
+         6    2 reserved    0
+         8    8 count       number of elements
+        16    8 iteration
+        24    4 sender
+        28    4 offset      float32 grid offset (0 for 16/32 bits)
+        32    4 scale       float32 grid step (0 for 16/32 bits)
+        36    4 crc32       zlib.crc32 of bytes 0..35
+
+Payload: for 1..8 bits the packed codes of :mod:`.packing` (``ceil(count*bits/8)`` bytes, value =
+offset + code * scale); for 16 and 32 bits the raw little-endian float16 / float32 values. A receiver knows
+the size in advance from :func:`message_nbytes`. The header is 8-byte aligned so the payload of a 16/32-bit
+message can be viewed as floats in place.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import zlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..config.schema import ALLOWED_BITS
+from ..errors import ConfigError, WireFormatError
+from .fused import quantize_pack, unpack_dequantize
+from .noise import MAX_STREAM, noise_key
+from .packing import packed_nbytes
+from .quantizer import flat_float32
+
+MAGIC = b"QTDW"
+WIRE_VERSION = 1
+HEADER_FORMAT = "<4sBBHQQIffI"
+HEADER_BYTES = struct.calcsize(HEADER_FORMAT)
+_CRC_OFFSET = HEADER_BYTES - 4
+_U32 = 2**32
+_U64 = 2**64
+
+assert HEADER_BYTES == 40 and sys.byteorder == "little", "the wire format assumes a little-endian host"
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a message says about itself."""
+
+    version: int
+    bits: int
+    count: int
+    offset: float
+    scale: float
+    sender: int
+    iteration: int
+
+
+def _check_bits(bits: int) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in ALLOWED_BITS:
+        raise ConfigError(f"bits={bits!r} is not allowed: use 1..8 (quantized), 16 (half) or 32 (raw)")
+
+
+def payload_nbytes(count: int, bits: int) -> int:
+    """Bytes after the header for ``count`` elements at ``bits``."""
+    _check_bits(bits)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if bits == 16:
+        return 2 * count
+    if bits == 32:
+        return 4 * count
+    return packed_nbytes(count, bits)
+
+
+def message_nbytes(count: int, bits: int) -> int:
+    """The exact size of a message of ``count`` elements: what a receiver allocates before it receives."""
+    return HEADER_BYTES + payload_nbytes(count, bits)
+
+
+def _header_bytes(header: Header) -> bytes:
+    body = struct.pack(
+        HEADER_FORMAT, MAGIC, header.version, header.bits, 0, header.count, header.iteration,
+        header.sender, header.offset, header.scale, 0,
+    )[:_CRC_OFFSET]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _message_buffer(out: Tensor | None, nbytes: int, device: torch.device) -> Tensor:
+    if out is None:
+        return torch.empty(nbytes, dtype=torch.uint8, device=device)
+    if out.dtype != torch.uint8 or out.dim() != 1 or out.numel() != nbytes or not out.is_contiguous():
+        raise ValueError(
+            f"out must be a contiguous 1-D uint8 tensor of message_nbytes(...) = {nbytes} bytes, "
+            f"got {out.dtype} of shape {tuple(out.shape)}"
+        )
+    if out.device != device:
+        raise ValueError(f"out is on {out.device} but the tensor to encode is on {device}")
+    return out
+
+
+def encode_message(
+    x: Tensor, bits: int, sender: int, iteration: int, seed: int = 0, out: Tensor | None = None
+) -> Tensor:
+    """Encode x (any shape, flattened) as one uint8 message on x's device.
+
+    1..8 bits: unbiased stochastic quantization with the stream ``noise_key(seed, sender, iteration)``;
+    16: float16; 32: float32 as is. Writes into ``out`` (``message_nbytes(x.numel(), bits)`` bytes, same
+    device) when given, so a sender can reuse one buffer every iteration.
+    """
+    _check_bits(bits)
+    if not (0 <= sender < _U32 and 0 <= iteration < _U64):
+        raise ValueError(f"sender must be in 0..2**32-1 and iteration in 0..2**64-1, got {sender}, {iteration}")
+    flat = flat_float32(x)
+    count = flat.numel()
+    message = _message_buffer(out, message_nbytes(count, bits), x.device)
+    payload = message[HEADER_BYTES:]
+    offset = scale = 0.0
+    if bits == 32:
+        payload.view(torch.float32).copy_(flat)
+    elif bits == 16:
+        halves = payload.view(torch.float16)
+        halves.copy_(flat)
+        if count and not bool(torch.isfinite(halves).all()):
+            raise ValueError("cannot send as float16: a value is non-finite or beyond +-65504; use bits=32")
+    else:
+        _, grid = quantize_pack(flat, bits, noise_key(seed, sender, iteration), out=payload)
+        offset, scale = grid.offset, grid.scale
+    header = Header(WIRE_VERSION, bits, count, offset, scale, sender, iteration)
+    message[:HEADER_BYTES].copy_(torch.frombuffer(bytearray(_header_bytes(header)), dtype=torch.uint8))
+    return message
+
+
+def read_header(message: Tensor) -> Header:
+    """Parse and validate a message's header; any inconsistency raises :class:`WireFormatError`.
+
+    Checks the magic number, version, header checksum, bits, reserved field, grid values and that the
+    message's length is exactly what the header implies (so a truncated message is caught here).
+    """
+    if not isinstance(message, Tensor) or message.dtype != torch.uint8 or message.dim() != 1:
+        what = f"{message.dtype} tensor of shape {tuple(message.shape)}" if isinstance(message, Tensor) else type(message).__name__
+        raise WireFormatError(f"a qtd message is a 1-D uint8 tensor, got a {what}")
+    if message.numel() < HEADER_BYTES:
+        raise WireFormatError(
+            f"truncated message: {message.numel()} bytes is shorter than the {HEADER_BYTES}-byte header"
+        )
+    raw = message[:HEADER_BYTES].cpu().numpy().tobytes()
+    magic, version, bits, reserved, count, iteration, sender, offset, scale, crc = struct.unpack(HEADER_FORMAT, raw)
+    if magic != MAGIC:
+        raise WireFormatError(f"not a qtd message: magic {magic!r}, expected {MAGIC!r}")
+    if version != WIRE_VERSION:
+        raise WireFormatError(
+            f"unsupported wire format version {version}: this qtd reads version {WIRE_VERSION}; "
+            "run the same qtd version on every node"
+        )
+    if crc != zlib.crc32(raw[:_CRC_OFFSET]):
+        raise WireFormatError("corrupted message: the header checksum does not match its contents")
+    if bits not in ALLOWED_BITS:
+        raise WireFormatError(f"malformed message: bits={bits} is not one of 1..8, 16, 32")
+    if reserved != 0:
+        raise WireFormatError(f"malformed message: reserved header field is {reserved}, expected 0")
+    if count >= MAX_STREAM:
+        raise WireFormatError(f"malformed message: count={count} exceeds the limit of {MAX_STREAM - 1} elements")
+    grid_ok = all(abs(v) < float("inf") for v in (offset, scale)) and scale >= 0
+    if not grid_ok or (bits in (16, 32) and (offset, scale) != (0.0, 0.0)):
+        raise WireFormatError(f"malformed message: grid offset={offset}, scale={scale} is not valid at bits={bits}")
+    expected = message_nbytes(count, bits)
+    if message.numel() != expected:
+        problem = "truncated" if message.numel() < expected else "oversized"
+        raise WireFormatError(
+            f"{problem} message: {message.numel()} bytes, but count={count} at bits={bits} needs {expected} bytes"
+        )
+    return Header(version, bits, count, offset, scale, sender, iteration)
+
+
+def _check_expected(header: Header, **expected: int | None) -> None:
+    wrong = [
+        f"{name}={getattr(header, name)} (expected {value})"
+        for name, value in expected.items()
+        if value is not None and getattr(header, name) != value
+    ]
+    if wrong:
+        raise WireFormatError(
+            f"unexpected message from sender {header.sender} at iteration {header.iteration}: " + ", ".join(wrong)
+        )
+
+
+def _view_as(payload: Tensor, dtype: torch.dtype) -> Tensor:
+    """The payload bytes as ``dtype`` values, in place unless the buffer is misaligned or strided."""
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    if not payload.is_contiguous() or payload.storage_offset() % itemsize:
+        payload = payload.clone()
+    return payload.view(dtype)
+
+
+def decode_message(
+    message: Tensor,
+    *,
+    expected_bits: int | None = None,
+    expected_count: int | None = None,
+    expected_sender: int | None = None,
+    expected_iteration: int | None = None,
+    out: Tensor | None = None,
+) -> tuple[Header, Tensor]:
+    """Validate a message and return its header and its ``count`` float32 values (into ``out`` when given).
+
+    Every ``expected_*`` that is not None must match the header, else :class:`WireFormatError` names each
+    field that differs.
+    """
+    header = read_header(message)
+    _check_expected(
+        header, bits=expected_bits, count=expected_count, sender=expected_sender, iteration=expected_iteration
+    )
+    payload = message[HEADER_BYTES:]
+    if out is not None and (out.dtype != torch.float32 or out.numel() != header.count or not out.is_contiguous()
+                            or out.device != message.device):
+        raise ValueError(
+            f"out must be a contiguous float32 tensor of {header.count} elements on {message.device}, "
+            f"got {out.dtype} with {out.numel()} elements on {out.device}"
+        )
+    values = torch.empty(header.count, dtype=torch.float32, device=message.device) if out is None else out.reshape(-1)
+    if header.bits in (16, 32):
+        values.copy_(_view_as(payload, torch.float16 if header.bits == 16 else torch.float32))
+    else:
+        unpack_dequantize(payload, header.bits, header.count, header.offset, header.scale, out=values)
+    return header, values

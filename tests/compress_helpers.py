@@ -1,0 +1,13 @@
+"""Shared helpers for the compression tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from qtd.compress.fused import _numba_available
+
+CPU_BACKENDS = ["reference"] + (["numba"] if _numba_available() else [])
+
+
+def requires_numba() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not _numba_available(), reason="numba is not installed")

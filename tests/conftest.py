@@ -1,0 +1,47 @@
+"""Shared fixtures. ``mnist_dir``: the 10,000-image MNIST test split in IDX format, found without network."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+MNIST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+
+
+def _main_checkout(repo: Path) -> Path | None:
+    """For a git worktree (``.git`` is a file ``gitdir: <main>/.git/worktrees/<name>``), the main checkout."""
+    git = repo / ".git"
+    if not git.is_file():
+        return None
+    text = git.read_text().strip()
+    if not text.startswith("gitdir:"):
+        return None
+    gitdir = Path(text.partition(":")[2].strip())
+    if gitdir.parent.name != "worktrees":
+        return None
+    return gitdir.parent.parent.parent
+
+
+def mnist_candidates() -> list[Path]:
+    """QTD_MNIST_DIR if set; else ``../shared/data/mnist`` beside the repository (or beside the main
+    checkout when this is a git worktree)."""
+    if os.environ.get("QTD_MNIST_DIR"):
+        return [Path(os.environ["QTD_MNIST_DIR"])]
+    candidates = [REPO_ROOT.parent / "shared" / "data" / "mnist"]
+    main = _main_checkout(REPO_ROOT)
+    if main is not None:
+        candidates.append(main.parent / "shared" / "data" / "mnist")
+    return candidates
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    candidates = mnist_candidates()
+    for path in candidates:
+        if all((path / name).is_file() for name in MNIST_FILES):
+            return path
+    pytest.skip("MNIST IDX files (" + ", ".join(MNIST_FILES) + ") not found in "
+                + ", ".join(map(str, candidates)) + "; set QTD_MNIST_DIR to their directory")
