@@ -12,7 +12,8 @@
 #   --node-rank R             NODE_RANK       give it (0..M-1, rank 0 on HOST) for a static rendezvous;
 #                                             leave it out for c10d rendezvous (ranks assigned on arrival)
 #   --nproc-per-node P        NPROC_PER_NODE  processes per machine (default topology.nodes / M); one per GPU
-#   --max-restarts N          MAX_RESTARTS    restarts of the whole group after a process dies (default 0)
+#   --max-restarts N          MAX_RESTARTS    restarts of the whole group after a process dies (default 0;
+#                                             c10d rendezvous only)
 #   PYTHON     the interpreter that has qtd and torch installed (default python3)
 #   DRY_RUN=1  print the torchrun command instead of running it
 # M x P must equal topology.nodes (one process per graph node). run.out_dir must be a directory every
@@ -21,7 +22,7 @@ set -euo pipefail
 
 usage() {  # usage [problem]: the header above; exit 2 after a problem, 0 for --help
   if [[ -n "${1:-}" ]]; then echo "multi_node.sh: $1" >&2; fi
-  sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2
+  awk 'NR > 1 && /^#/ && !/^#SBATCH/ { sub(/^# ?/, ""); print; next } NR > 1 && !/^#/ { exit }' "$0" >&2
   if [[ -n "${1:-}" ]]; then exit 2; fi
   exit 0
 }
@@ -60,6 +61,9 @@ done
 [[ -z "$node_rank" || "$node_rank" =~ ^[0-9]+$ && "$node_rank" -lt "$nnodes" ]] \
   || usage "--node-rank must be 0..$((nnodes - 1)) (got '$node_rank')"
 [[ "$max_restarts" =~ ^[0-9]+$ ]] || usage "--max-restarts must be a whole number >= 0 (got '$max_restarts')"
+# A static rendezvous reuses one store across restarts (torch offers no opt-out), so restarts need c10d.
+[[ -z "$node_rank" || "$max_restarts" == 0 ]] \
+  || usage "--max-restarts needs the c10d rendezvous: leave out --node-rank (ranks are then assigned on arrival)"
 
 # Check the config and graph once per machine, before any rendezvous.
 nodes=$("$python" -m qtd.cli.check "$config" ${overrides[@]+"${overrides[@]}"})
@@ -85,6 +89,9 @@ else                            # c10d: the torchrun on HOST serves the store, t
   rendezvous=(--rdzv-backend c10d --rdzv-endpoint "$endpoint" --rdzv-id "$rdzv_id")
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one core per CPU node process
+# A restarted group must not share torchrun's rendezvous store with the group before it: stale keys in
+# it make the new processes dial the dead ones (pytorch/pytorch#135712, #167288).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 command=("$python" -m torch.distributed.run --nnodes "$nnodes" --nproc-per-node "$nproc" "${rendezvous[@]}"
          --max-restarts "$max_restarts" -m qtd.train --config "$config" ${overrides[@]+"${overrides[@]}"})
 if [[ "${DRY_RUN:-0}" == 1 ]]; then

@@ -13,7 +13,7 @@ set -euo pipefail
 
 usage() {  # usage [problem]: the header above; exit 2 after a problem, 0 for --help
   if [[ -n "${1:-}" ]]; then echo "single_box.sh: $1" >&2; fi
-  sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+  awk 'NR > 1 && /^#/ && !/^#SBATCH/ { sub(/^# ?/, ""); print; next } NR > 1 && !/^#/ { exit }' "$0" >&2
   if [[ -n "${1:-}" ]]; then exit 2; fi
   exit 0
 }
@@ -47,6 +47,9 @@ if [[ "$nproc" -ne "$nodes" ]]; then
 fi
 
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one core per node process
+# A restarted group must not share torchrun's rendezvous store with the group before it: stale keys in
+# it make the new processes dial the dead ones (pytorch/pytorch#135712, #167288).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 command=("$python" -m torch.distributed.run --standalone --nproc-per-node "$nproc"
          --max-restarts "$max_restarts" -m qtd.train --config "$config" ${overrides[@]+"${overrides[@]}"})
 if [[ "${DRY_RUN:-0}" == 1 ]]; then

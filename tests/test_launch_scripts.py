@@ -90,6 +90,8 @@ def test_scripts_build_the_documented_torchrun_commands():
      "must be HOST:PORT (got 'head')"),
     ("multi_node.sh", ["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "h:1", "configs/quickstart.yaml"], {},
      "--node-rank must be 0..1"),
+    ("multi_node.sh", ["--nnodes", "2", "--node-rank", "0", "--rdzv-endpoint", "h:1", "--max-restarts", "1",
+                       "configs/quickstart.yaml"], {}, "--max-restarts needs the c10d rendezvous"),
     ("multi_node.sh", ["--nnodes", "3", "--rdzv-endpoint", "h:1", "configs/quickstart.yaml"], {},
      "topology.nodes=8 does not split evenly over 3 machines"),
     ("multi_node.sh", ["--nnodes", "2", "--nproc-per-node", "2", "--rdzv-endpoint", "h:1", "configs/quickstart.yaml"],

@@ -25,6 +25,7 @@ def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int
     build_topology(config.topology)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     command = torchrun_command(config_path, overrides, config.topology.nodes, max_restarts)
     print(f"qtd: starting {config.topology.nodes} nodes ({config.algorithm.name if config.mode == 'decentralized' else 'ps'}),"
           f" writing to {config.run.out_dir}", file=sys.stderr, flush=True)
