@@ -92,7 +92,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # one core per CPU node process
 # A restarted group must not share torchrun's rendezvous store with the group before it: stale keys in
 # it make the new processes dial the dead ones (pytorch/pytorch#135712, #167288).
 export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
-command=("$python" -m torch.distributed.run --nnodes "$nnodes" --nproc-per-node "$nproc" "${rendezvous[@]}"
+# torchrun (qtd.engine.torchrun: torchrun's own launcher and arguments; a failed run ends in one line)
+command=("$python" -m qtd.engine.torchrun --nnodes "$nnodes" --nproc-per-node "$nproc" "${rendezvous[@]}"
          --max-restarts "$max_restarts" -m qtd.train --config "$config" ${overrides[@]+"${overrides[@]}"})
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
   printf '%q ' "${command[@]}"; echo

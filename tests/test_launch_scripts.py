@@ -62,7 +62,7 @@ def _dry(name: str, args: list[str], **env: str) -> str:
 
 def test_scripts_build_the_documented_torchrun_commands():
     single = _dry("single_box.sh", ["--max-restarts", "3", "configs/quickstart.yaml", "--set", "run.seed=4"])
-    assert single.split()[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "8",
+    assert single.split()[1:] == ["-m", "qtd.engine.torchrun", "--standalone", "--nproc-per-node", "8",
                                   "--max-restarts", "3", "-m", "qtd.train", "--config", "configs/quickstart.yaml",
                                   "--set", "run.seed=4"]
     static = _dry("multi_node.sh", ["--node-rank", "1", "configs/quickstart.yaml"], NNODES="2",
@@ -108,7 +108,7 @@ def test_bad_arguments_end_with_one_message_before_anything_starts(name, args, e
         return
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr.splitlines()[0], result.stderr
-    assert "torch.distributed.run" not in result.stdout and "Traceback" not in result.stderr
+    assert "qtd.engine.torchrun" not in result.stdout and "Traceback" not in result.stderr
 
 
 def test_help_prints_the_usage_and_succeeds():

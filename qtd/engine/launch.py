@@ -12,7 +12,8 @@ from ..topology import build_topology
 
 
 def torchrun_command(config_path: str, overrides: Sequence[str], nodes: int, max_restarts: int = 0) -> list[str]:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nodes}",
+    """torchrun's command line, run through qtd.engine.torchrun (a failed run ends in one line, no traceback)."""
+    command = [sys.executable, "-m", "qtd.engine.torchrun", "--standalone", f"--nproc_per_node={nodes}",
                f"--max-restarts={max_restarts}", "-m", "qtd.train", "--config", str(config_path)]
     for override in overrides:
         command += ["--set", override]
