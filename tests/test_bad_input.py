@@ -9,7 +9,6 @@ import dataclasses
 import io
 import math
 import pickle
-import sys
 import time
 import typing
 from pathlib import Path
@@ -25,7 +24,7 @@ from qtd.config.schema import ALLOWED_BITS, MAX_NODES, MAX_SEED
 from qtd.errors import CheckpointError, QtdError
 from qtd.metrics.checkpoint import load_node_checkpoint, save_node_checkpoint
 from qtd.topology import build_topology
-from tests.harness import REPO, child_env, free_port, run_qtd
+from tests.harness import REPO, run_qtd, run_single_node
 
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 BASE = read_yaml(QUICKSTART)
@@ -324,14 +323,8 @@ def test_a_bad_yaml_file_through_the_cli_is_one_line(tmp_path):
     _assert_one_error_line(run_qtd(["launch", str(tmp_path / "broken.yaml")], timeout=60), "is not valid YAML")
 
 
-def _single_node(tmp_path: Path, overrides: list[str], timeout: float = 120):
-    """`python -m qtd.train` as a world of one (no torchrun needed): RANK 0 of WORLD_SIZE 1."""
-    import subprocess
-    env = child_env({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
-                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
-    args = [sys.executable, "-m", "qtd.train", "--config", str(QUICKSTART), "--set", "run.progress=false",
-            "--set", f"run.out_dir={tmp_path / 'run'}", *sum((["--set", o] for o in overrides), [])]
-    return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def _single_node(tmp_path: Path, overrides: list[str]):
+    return run_single_node(QUICKSTART, ["run.progress=false", f"run.out_dir={tmp_path / 'run'}", *overrides])
 
 
 def _node_error(result) -> str:

@@ -178,6 +178,7 @@ def run_node(config: Config, world: World) -> dict[str, Any] | None:
         _restore(load_node_checkpoint(path, rank), path, flat, sampler, algorithm, counters, world.device)
 
     jsonl = None
+    purge_step = start + 1 if start else None  # a resumed run redoes the steps after its checkpoint
     global_tb: ScalarLogger = ScalarLogger()
     if rank == 0:
         (out / "config.yaml").write_text(dump_config(config))
@@ -186,9 +187,9 @@ def run_node(config: Config, world: World) -> dict[str, Any] | None:
         for row in history:
             if row["iteration"] <= start:
                 jsonl.write(row)
-        global_tb = TensorBoardLogger(out / "tensorboard" / "global")
+        global_tb = TensorBoardLogger(out / "tensorboard" / "global", purge_step=purge_step)
         global_tb.text("config", "```\n" + dump_config(config) + "\n```")
-    node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}")
+    node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}", purge_step=purge_step)
     node_log = JsonlWriter(out / "nodes" / f"node_{rank:03d}.jsonl", truncate=not start)
     progress = Progress(run.iterations, initial=start, enabled=run.progress and rank == 0,
                         desc=f"{config.algorithm.name} x{world.size}")
