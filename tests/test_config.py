@@ -48,6 +48,11 @@ def test_cross_section_checks():
         config_from_dict({"topology": {"nodes": 3},
                           "emulation": {"speed_distribution": "fixed", "speeds": [1.0, 2.0]}})
     assert config_from_dict({"algorithm": {"name": "dsgd"}, "compression": {"bits": 16}})
+    with pytest.raises(ConfigError, match="algorithm.eps=12.0"):
+        config_from_dict({"algorithm": {"name": "quantimed", "schedule": "constant", "eps": 12.0}})
+    # eps is not used by DSGD, so a constant schedule with the quantized methods' e0 left in is fine
+    assert config_from_dict({"algorithm": {"name": "dsgd", "schedule": "constant", "eps": 12.0},
+                             "compression": {"bits": 16}})
 
 
 def test_bad_files_give_clear_errors(tmp_path):

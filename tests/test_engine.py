@@ -138,3 +138,16 @@ def test_bad_override_is_one_clear_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "qtd: error: compression.bits=12 is not allowed: use 1..8 (quantized), 16 (half) or 32 (raw)"]
+
+
+def test_training_loop_runs_from_python(tmp_path):
+    import subprocess
+    import sys
+    from tests.harness import child_env
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "examples/train_from_python.py", "topology.nodes=2", f"run.out_dir={tmp_path}",
+                             "run.progress=false"], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                            timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "accuracy" in result.stdout
+    assert json.loads((tmp_path / "summary.json").read_text())["iterations"] == 100

@@ -28,6 +28,7 @@ def step_sizes(schedule: str, alpha: float, eps: float, horizon: int) -> StepSiz
         return StepSizes(alpha=alpha / horizon ** (1 / 6), eps=min(1.0, eps / horizon ** 0.5))
     if schedule == "constant":
         if eps > 1:
-            raise ConfigError(f"algorithm.eps={eps!r} is not allowed with schedule=constant: must be in (0, 1]")
+            raise ConfigError(f"algorithm.eps={eps!r} is not allowed with algorithm.schedule=constant: the "
+                              "consensus step must be in (0, 1]")
         return StepSizes(alpha=alpha, eps=eps)
     raise ConfigError(f"algorithm.schedule={schedule!r} is not allowed: choose one of paper, constant")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from ..errors import QtdError
+from ..errors import ConfigError, QtdError
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     topology = commands.add_parser("topology", help="print the graph, its mixing matrix and spectral gap")
     _add_config_args(topology)
     topology.add_argument("--png", default=None, help="also save a drawing of the graph to this PNG file")
+
+    bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. qtd bench wallclock --quick)")
+    bench.add_argument("name", help="benchmark name: a file benchmarks/NAME.py")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark (--quick, --out DIR)")
     return parser
 
 
@@ -50,7 +54,25 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command == "topology":
         from ..topology.cli import topology_command
         return topology_command(args.config, args.overrides, png=args.png)
+    if args.command == "bench":
+        return bench_command(args.name, args.args)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def bench_command(name: str, args: Sequence[str]) -> int:
+    """Run benchmarks/NAME.py from the current directory or from the checkout qtd was installed from."""
+    import subprocess
+    from pathlib import Path
+
+    roots = [Path.cwd(), Path(__file__).resolve().parents[2]]
+    candidates = [root / "benchmarks" / f"{name}.py" for root in roots]
+    script = next((path for path in candidates if path.is_file()), None)
+    if script is None:
+        available = sorted({p.stem for root in roots for p in (root / "benchmarks").glob("*.py")
+                            if not p.stem.startswith("_")})
+        raise ConfigError(f"no benchmark named {name!r}; available: {', '.join(available) or 'none found'} "
+                          "(run from the qtd checkout)")
+    return subprocess.call([sys.executable, str(script), *args])
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -293,6 +293,11 @@ class Config:
             _fail("compression.bits", bits,
                   "algorithm.name=dsgd exchanges unquantized models: use 16 or 32, "
                   "or algorithm.name=qdsgd for quantized messages")
+        if (self.mode == "decentralized" and name in ("quantimed", "qdsgd")
+                and self.algorithm.schedule == "constant" and self.algorithm.eps > 1):
+            _fail("algorithm.eps", self.algorithm.eps,
+                  "with algorithm.schedule=constant the consensus step must be in (0, 1] "
+                  "(with schedule=paper it is e0 in eps = e0 / sqrt(T))")
         if self.emulation.speed_distribution == "fixed" and len(self.emulation.speeds) != self.topology.nodes:
             _fail("emulation.speeds", list(self.emulation.speeds),
                   f"give one speed per node ({self.topology.nodes} = topology.nodes)")

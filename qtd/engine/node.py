@@ -68,7 +68,8 @@ class EvalPoint:
 def build_step(config: Config, world: World, flat: FlatModel, problem: Problem, topology, sampler):
     """The algorithm's step object for this node (the node's only algorithm-specific piece)."""
     algo, emu = config.algorithm, config.emulation
-    sizes = step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations)
+    quantized = algo.name in ("quantimed", "qdsgd")
+    sizes = step_sizes(algo.schedule, algo.alpha, algo.eps if quantized else 1.0, config.run.iterations)
     speed_model = SpeedModel(emu.speed_distribution, emu.speed_low, emu.speed_high, emu.speeds, config.run.seed)
     speed_of = (lambda t: speed_model.speed(world.rank, t)) if emu.stragglers else (lambda t: None)
     link = LinkModel.from_copy_time(emu.comm_time_s, flat.numel, emu.link_latency_s) if emu.links else None
