@@ -267,7 +267,7 @@ def test_foreign_files_are_refused_naming_what_they_are_not(tmp_path_factory, ob
 
 
 def test_pickles_of_arbitrary_classes_and_missing_files_are_refused(tmp_path_factory, tmp_path):
-    for raw in (pickle.dumps(Foreign()), pickle.dumps({"format": "qtd-checkpoint-1", "x": Foreign()})):
+    for raw in (pickle.dumps(Foreign(), protocol=2), pickle.dumps({"format": "qtd-checkpoint-1", "x": Foreign()}, protocol=2)):
         assert isinstance(_load_expecting_error(tmp_path_factory, raw), CheckpointError)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_node_checkpoint(tmp_path / "nowhere.pt")
