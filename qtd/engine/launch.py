@@ -30,4 +30,12 @@ def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int
     command = torchrun_command(config_path, overrides, config.topology.nodes, max_restarts)
     print(f"qtd: starting {config.topology.nodes} nodes ({config.algorithm.name if config.mode == 'decentralized' else 'ps'}),"
           f" writing to {config.run.out_dir}", file=sys.stderr, flush=True)
-    return subprocess.call(command, env=env)
+    process = subprocess.Popen(command, env=env)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # torchrun got the same Ctrl-C and is stopping the nodes: let it finish
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise

@@ -14,6 +14,7 @@ from typing import Sequence
 
 def run_torchrun(argv: Sequence[str]) -> int:
     """Run torchrun with ``argv``; 0 when every node finished, 1 (after one message) when the run failed."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
     from torch.distributed.run import parse_args, run
@@ -31,6 +32,9 @@ def run_torchrun(argv: Sequence[str]) -> int:
         print(f"qtd: error: the run failed{restarts}: node {rank} {how} (its own message is above){also}",
               file=sys.stderr, flush=True)
         return 1
+    except SignalException as exc:  # Ctrl-C or a scheduler's SIGTERM: torchrun has stopped the nodes
+        print(f"qtd: stopped by {exc.sigval.name}", file=sys.stderr, flush=True)
+        return 128 + int(exc.sigval)
     except RendezvousError as exc:
         print(f"qtd: error: the machines could not meet at the rendezvous ({type(exc).__name__}: "
               f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'no details'}); start the same command "
