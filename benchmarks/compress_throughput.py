@@ -9,7 +9,8 @@ several passes. quant_pack includes the min/max pass that sets the grid, i.e. ev
 does but the 40-byte header. ``quant_pack_gbps`` / ``unpack_dequant_gbps`` are the path encode_message
 and decode_message pick automatically on CPU; ``reference_*`` the plain-torch path, the starting point.
 ``copy_gbps`` counts bytes read plus written by ``dst.copy_(src)`` (80 MB per pass), ``copy_input_gbps``
-only the 40 MB read, comparable with the other figures.
+only the 40 MB read, comparable with the other figures. ``cpu_time_*`` repeat the fast path's figures per
+second of the thread's CPU time: on a shared machine they show what the code does when it gets the core.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Callable  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from functools import partial  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -36,35 +38,43 @@ BITS = (1, 2, 4, 8)
 NAME = "compress_throughput"
 
 
-def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
+def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[float], list[float]]:
+    """Median wall-clock seconds of ``repeats`` passes after one warm-up, plus every pass's wall-clock and
+    thread CPU seconds (the latter barely moves when other processes compete for the cores)."""
     fn()  # warm-up: compilation, page faults
-    times = []
+    wall, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.thread_time() - start_cpu)
+    return statistics.median(wall), wall, cpu
 
 
 def measure_path(x: torch.Tensor, backend: str, repeats: int) -> dict[str, dict]:
-    quant, unpack, raw = {}, {}, {}
+    quant, unpack, quant_cpu, unpack_cpu, raw = {}, {}, {}, {}, {}
     input_gb = x.numel() * 4 / 1e9
     for bits in BITS:
         key = noise_key(0, 0, bits)
         packed = torch.empty(packed_nbytes(x.numel(), bits), dtype=torch.uint8)
         values = torch.empty_like(x)
-        t_q, times_q = median_seconds(lambda: quantize_pack(x, bits, key, out=packed, backend=backend), repeats)
-        _, grid = quantize_pack(x, bits, key, out=packed, backend=backend)
-        t_u, times_u = median_seconds(
-            lambda: unpack_dequantize(packed, bits, x.numel(), grid.offset, grid.scale, out=values, backend=backend),
-            repeats,
-        )
+        encode = partial(quantize_pack, x, bits, key, out=packed, backend=backend)
+        t_q, wall_q, cpu_q = median_seconds(encode, repeats)
+        _, grid = encode()
+        decode = partial(unpack_dequantize, packed, bits, x.numel(), grid.offset, grid.scale, out=values,
+                         backend=backend)
+        t_u, wall_u, cpu_u = median_seconds(decode, repeats)
         quant[str(bits)] = round(input_gb / t_q, 4)
         unpack[str(bits)] = round(input_gb / t_u, 4)
-        raw[str(bits)] = {"quant_pack_s": times_q, "unpack_dequant_s": times_u}
+        quant_cpu[str(bits)] = round(input_gb / statistics.median(cpu_q), 4)
+        unpack_cpu[str(bits)] = round(input_gb / statistics.median(cpu_u), 4)
+        raw[str(bits)] = {"quant_pack_s": wall_q, "unpack_dequant_s": wall_u,
+                          "quant_pack_cpu_s": cpu_q, "unpack_dequant_cpu_s": cpu_u}
         print(f"  {backend:9s} s={bits}: quantize+pack {quant[str(bits)]:7.3f} GB/s   "
-              f"unpack+dequantize {unpack[str(bits)]:7.3f} GB/s", flush=True)
-    return {"quant_pack_gbps": quant, "unpack_dequant_gbps": unpack, "seconds": raw}
+              f"unpack+dequantize {unpack[str(bits)]:7.3f} GB/s   "
+              f"(per CPU-second: {quant_cpu[str(bits)]:.3f} / {unpack_cpu[str(bits)]:.3f})", flush=True)
+    return {"quant_pack_gbps": quant, "unpack_dequant_gbps": unpack, "cpu_time_quant_pack_gbps": quant_cpu,
+            "cpu_time_unpack_dequant_gbps": unpack_cpu, "seconds": raw}
 
 
 def check_paths_agree(x: torch.Tensor, fast: str) -> None:
@@ -115,19 +125,23 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     x = torch.randn(args.elements)
-    fast_repeats, ref_repeats = (5, 1) if args.quick else (15, 3)
+    fast_repeats, ref_repeats = (5, 1) if args.quick else (21, 5)
     fast = select_backend(x.device)
 
+    # copy is sampled before and after the fast path, so it reflects the same machine load (shared boxes)
     copy_dst = torch.empty_like(x)
-    t_copy, copy_times = median_seconds(lambda: copy_dst.copy_(x), 4 * fast_repeats)
+    copy_times = median_seconds(lambda: copy_dst.copy_(x), 2 * fast_repeats)[1]
     input_gb = x.numel() * 4 / 1e9
-    print(f"torch copy: {2 * input_gb / t_copy:.2f} GB/s read+write", flush=True)
+    print(f"torch copy: {2 * input_gb / statistics.median(copy_times):.2f} GB/s read+write", flush=True)
 
     paths = {}
     if fast != "reference":
         check_paths_agree(x, fast)
         paths[fast] = measure_path(x, fast, fast_repeats)
+    copy_times += median_seconds(lambda: copy_dst.copy_(x), 2 * fast_repeats)[1]
+    t_copy = statistics.median(copy_times)
     paths["reference"] = measure_path(x, "reference", ref_repeats)
 
     summary = {
@@ -137,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         "copy_input_gbps": round(input_gb / t_copy, 4),
         "reference_quant_pack_gbps": paths["reference"]["quant_pack_gbps"],
         "reference_unpack_dequant_gbps": paths["reference"]["unpack_dequant_gbps"],
+        "cpu_time_quant_pack_gbps": paths[fast]["cpu_time_quant_pack_gbps"],
+        "cpu_time_unpack_dequant_gbps": paths[fast]["cpu_time_unpack_dequant_gbps"],
         "fast_path": fast,
     }
     try:
@@ -153,11 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         "repeats": {"fast": fast_repeats, "reference": ref_repeats, "copy": 4 * fast_repeats},
         "statistic": "median of repeats after one warm-up pass",
         "units": "GB/s = 1e9 bytes of fp32 input per second (copy_gbps: bytes read + written)",
+        "cpu_time": "cpu_time_* divide by the thread's CPU seconds instead of wall-clock seconds: a check on "
+                    "results taken while other processes compete for the cores",
         "input": "torch.randn, seed 0",
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numba": numba_version,
         "machine": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_1min": {"start": load_at_start, "end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
         "command": " ".join([Path(sys.argv[0]).as_posix()] + (argv if argv is not None else sys.argv[1:])),
     }
     result = {"summary": summary, "settings": settings,

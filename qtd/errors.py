@@ -30,3 +30,7 @@ class PeerError(QtdError, RuntimeError):
 
 class CheckpointError(QtdError, ValueError):
     """A checkpoint file that is truncated, foreign or does not match the run."""
+
+
+class ReplicaDriftError(QtdError, RuntimeError):
+    """Parameter-server replicas whose server state (theta, AMSGrad moments) no longer agree."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qtd.compress.fused import _numba_available
+from qtd.compress.backend import numba_available as _numba_available
 
 CPU_BACKENDS = ["reference"] + (["numba"] if _numba_available() else [])
 

@@ -95,7 +95,7 @@ def test_blocksign_properties(sizes):
     assert packed.numel() == (n + 7) // 8 and scales.shape == (len(sizes),)
     y = blocksign_decompress(packed, scales, sizes)
     assert torch.equal(torch.sign(y[x != 0]), torch.sign(x[x != 0]))
-    for block_x, block_y in zip(x.split(sizes), y.split(sizes)):
+    for block_x, block_y in zip(x.split(sizes), y.split(sizes), strict=True):
         # each block keeps its l1 norm
         torch.testing.assert_close(block_y.abs().sum(), block_x.abs().sum())
 

@@ -172,3 +172,13 @@ def test_non_float32_inputs_are_encoded_as_float32():
     assert torch.equal(values, x.float())
     _, values = decode_message(encode_message(x.half(), 16, sender=0, iteration=0))
     assert torch.equal(values, x.half().float())
+
+
+@pytest.mark.parametrize("bits", [3, 16, 32])
+def test_messages_inside_a_larger_misaligned_buffer(bits):
+    x = torch.randn(33)
+    nbytes = message_nbytes(33, bits)
+    arena = torch.zeros(nbytes + 3, dtype=torch.uint8)
+    message = encode_message(x, bits, sender=1, iteration=1, out=arena[3:])
+    assert torch.equal(message, encode_message(x, bits, sender=1, iteration=1))
+    assert torch.equal(decode_message(arena[3:])[1], decode_message(encode_message(x, bits, 1, 1))[1])

@@ -69,3 +69,57 @@ def train_worker(rank: int, world_size: int, args: dict, out_path: str) -> None:
     from qtd.train import main
 
     main(["--config", args["config"], *sum((["--set", o] for o in args.get("overrides", [])), [])])
+
+
+def ps_worker(rank: int, world_size: int, args: dict, out_path: str) -> None:
+    """Parameter-server steps for several configs in one process group, then two replica-drift checks.
+
+    Saves, per case, the theta trajectory, the final AMSGrad state, the error-feedback residual, the
+    float64 sums of this worker's gradients and of what its messages carried, and the byte counters.
+    """
+    from qtd.comm import close_world, init_world
+    from qtd.config import load_config
+    from qtd.engine.problem import build_problem
+    from qtd.engine.ps import build_ps_step
+    from qtd.errors import ReplicaDriftError
+
+    world = init_world("gloo", timeout_s=60)
+    results: dict = {"cases": {}, "drift": []}
+    step = flat = None
+    for name, overrides in args["cases"].items():
+        config = load_config(args["config"], overrides)
+        problem = build_problem(config)
+        flat = problem.new_flat_model(world.device)
+        step = build_ps_step(config, world, flat, problem.node_sampler(rank, config.run.seed))
+        torch.manual_seed(config.run.seed * 7919 + rank)
+        grad_sum = torch.zeros(flat.numel, dtype=torch.float64)
+        sent_sum = torch.zeros(flat.numel, dtype=torch.float64)
+        trajectory = []
+        for t in range(args["iterations"]):
+            step.step(t)
+            grad_sum += flat.grads.double()
+            if step.codec is not None:
+                sent_sum += step.codec.decode(step.gathered[rank], rank, t).double()
+            trajectory.append(flat.params.detach().clone())
+        residual = step.codec.residual if step.codec is not None else None
+        results["cases"][name] = {
+            "trajectory": trajectory, "m": step.state.m.clone(), "v": step.state.v.clone(),
+            "v_hat": step.state.v_hat.clone(), "residual": None if residual is None else residual.clone(),
+            "grad_sum": grad_sum, "sent_sum": sent_sum, "upload_bytes": step.upload_bytes,
+            "bytes_sent": step.bytes_sent, "message_nbytes": step.message_nbytes}
+    # one ulp of drift in theta on rank 2, then in v_hat on rank 1: every rank must detect each
+    for victim, tensor in ((2, flat.params), (1, step.state.v_hat)):
+        saved = tensor.clone()
+        if rank == victim:
+            with torch.no_grad():
+                tensor[7] = torch.nextafter(tensor[7], torch.tensor(float("inf")))
+        try:
+            step.check_replicas(99)
+            results["drift"].append("")
+        except ReplicaDriftError as exc:
+            results["drift"].append(str(exc))
+        with torch.no_grad():
+            tensor.copy_(saved)
+    step.check_replicas(100)  # back in sync
+    torch.save(results, out_path)
+    close_world()

@@ -1,12 +1,13 @@
 """The only package that calls torch.distributed: process group, neighbour exchange, collectives."""
 
+from .async_channel import Arrival, AsyncNeighbourChannel
 from .exchange import ByteCounter, NeighbourExchange, PendingExchange
-from .group import (World, all_gather_into, all_reduce_sum, barrier, broadcast, choose_backend, close_world,
-                    init_world, wait_works)
-from .links import LinkModel, ring_allreduce_bytes
+from .group import (World, all_gather_bytes, all_reduce_sum, barrier, broadcast, choose_backend,
+                    close_world, init_world, wait_works)
+from .links import LinkModel, ring_allgather_bytes, ring_allreduce_bytes
 
 __all__ = [
-    "ByteCounter", "LinkModel", "NeighbourExchange", "PendingExchange", "World", "all_gather_into",
-    "all_reduce_sum", "barrier", "broadcast", "choose_backend", "close_world", "init_world",
-    "ring_allreduce_bytes", "wait_works",
+    "Arrival", "AsyncNeighbourChannel", "ByteCounter", "LinkModel", "NeighbourExchange", "PendingExchange", "World",
+    "all_gather_bytes", "all_reduce_sum", "barrier", "broadcast", "choose_backend", "close_world",
+    "init_world", "ring_allgather_bytes", "ring_allreduce_bytes", "wait_works",
 ]

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from ..errors import ConfigError, PeerError
 
@@ -139,17 +140,34 @@ def all_reduce_sum(tensor: torch.Tensor, world: World, what: str = "all-reduce")
     return tensor
 
 
-def all_gather_into(output: torch.Tensor, tensor: torch.Tensor, world: World, what: str = "all-gather") -> torch.Tensor:
-    """Collective: every rank calls it with equal-sized tensors; ``output`` holds world.size of them."""
+def all_gather_bytes(message: Tensor, world: World, what: str = "all-gather",
+                     out: Tensor | None = None) -> Tensor:
+    """Collective: every rank contributes one uint8 message of the same length; returns a
+    (world.size, nbytes) uint8 tensor whose row j is rank j's message (into ``out`` when given).
+
+    Ring all-gather moves (world.size - 1) messages through every rank (see ``ring_allgather_bytes``).
+    A rank whose message has another length makes the backend fail on every rank: the sizes must be
+    agreed beforehand (they follow from the config).
+    """
+    if message.dtype != torch.uint8 or message.dim() != 1:
+        raise ValueError(f"all_gather_bytes sends 1-D uint8 messages, got {message.dtype} of shape "
+                         f"{tuple(message.shape)}")
+    nbytes = message.numel()
+    if out is None:
+        out = torch.empty(world.size, nbytes, dtype=torch.uint8, device=message.device)
+    elif out.shape != (world.size, nbytes) or out.dtype != torch.uint8 or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous ({world.size}, {nbytes}) uint8 tensor, "
+                         f"got {out.dtype} of shape {tuple(out.shape)}")
     if world.size == 1:
-        output.copy_(tensor.reshape(output.shape))
-        return output
+        out[0].copy_(message)
+        return out
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     try:
-        work = dist.all_gather_into_tensor(output, tensor, async_op=True)
+        work = gather(out.view(-1), message, async_op=True)
     except RuntimeError as exc:
         raise PeerError(f"{what}: a peer failed ({_short(exc)})") from None
     wait_works([(work, "a peer")], world.timeout_s, what)
-    return output
+    return out
 
 
 def broadcast(tensor: torch.Tensor, world: World, src: int = 0, what: str = "broadcast") -> torch.Tensor:

@@ -42,3 +42,10 @@ def ring_allreduce_bytes(nbytes: int, world_size: int) -> int:
     if world_size < 2:
         return 0
     return 2 * (world_size - 1) * (nbytes // world_size)
+
+
+def ring_allgather_bytes(message_nbytes: int, world_size: int) -> int:
+    """Bytes a ring all-gather sends from each rank: the n - 1 messages it forwards, its own included."""
+    if world_size < 2:
+        return 0
+    return (world_size - 1) * message_nbytes

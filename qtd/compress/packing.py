@@ -4,6 +4,8 @@ Layout (the wire format's payload): code i occupies stream bits ``i*s .. i*s + s
 bit first, where stream bit j is bit ``j % 8`` of byte ``j // 8``. The stream is ``ceil(n * s / 8)`` bytes and
 the unused high bits of the last byte are zero. Eight codes fill exactly s bytes, so both directions work on
 groups of eight codes held in one 64-bit word.
+
+On CPU the numba kernels run by default (``backend``, see :mod:`.backend`); elsewhere these torch ops do.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .backend import run_path
 from .quantizer import check_quantized_bits
 
 
@@ -24,11 +27,23 @@ def _check_uint8(name: str, t: Tensor) -> None:
         raise TypeError(f"{name} must be a uint8 tensor, got {t.dtype}")
 
 
-def pack_bits(codes: Tensor, bits: int) -> Tensor:
+def pack_bits(codes: Tensor, bits: int, *, backend: str = "auto") -> Tensor:
     """Pack uint8 codes (values < 2**bits; higher bits are ignored) into ``ceil(n*bits/8)`` bytes."""
     check_quantized_bits(bits)
     _check_uint8("codes", codes)
     flat = codes.reshape(-1)
+    count = flat.numel()
+    nbytes = packed_nbytes(count, bits)
+
+    def numba() -> Tensor:
+        from ._numba_kernels import pack_bits_cpu
+
+        return pack_bits_cpu(flat, bits, torch.empty(nbytes, dtype=torch.uint8))
+
+    return run_path(flat.device, backend, {"numba": numba}, lambda: _pack_reference(flat, bits))
+
+
+def _pack_reference(flat: Tensor, bits: int) -> Tensor:
     count = flat.numel()
     nbytes = packed_nbytes(count, bits)
     if bits == 8:
@@ -43,7 +58,7 @@ def pack_bits(codes: Tensor, bits: int) -> Tensor:
     return stream[:nbytes].clone()
 
 
-def unpack_bits(packed: Tensor, bits: int, count: int) -> Tensor:
+def unpack_bits(packed: Tensor, bits: int, count: int, *, backend: str = "auto") -> Tensor:
     """The ``count`` uint8 codes stored in a stream made by :func:`pack_bits`."""
     check_quantized_bits(bits)
     _check_uint8("packed", packed)
@@ -51,6 +66,17 @@ def unpack_bits(packed: Tensor, bits: int, count: int) -> Tensor:
     nbytes = packed_nbytes(count, bits)
     if flat.numel() != nbytes:
         raise ValueError(f"{count} codes of {bits} bits take {nbytes} bytes, got {flat.numel()}")
+
+    def numba() -> Tensor:
+        from ._numba_kernels import unpack_bits_cpu
+
+        return unpack_bits_cpu(flat, bits, torch.empty(count, dtype=torch.uint8))
+
+    return run_path(flat.device, backend, {"numba": numba}, lambda: _unpack_reference(flat, bits, count))
+
+
+def _unpack_reference(flat: Tensor, bits: int, count: int) -> Tensor:
+    nbytes = packed_nbytes(count, bits)
     if bits == 8:
         return flat.clone()
     groups = (count + 7) // 8

@@ -122,12 +122,12 @@ def encode_message(
     payload = message[HEADER_BYTES:]
     offset = scale = 0.0
     if bits == 32:
-        payload.view(torch.float32).copy_(flat)
+        payload.copy_(flat.view(torch.uint8))  # byte copy: works whatever the alignment of a caller's buffer
     elif bits == 16:
-        halves = payload.view(torch.float16)
-        halves.copy_(flat)
+        halves = flat.to(torch.float16)
         if count and not bool(torch.isfinite(halves).all()):
             raise ValueError("cannot send as float16: a value is non-finite or beyond +-65504; use bits=32")
+        payload.copy_(halves.view(torch.uint8))
     else:
         _, grid = quantize_pack(flat, bits, noise_key(seed, sender, iteration), out=payload)
         offset, scale = grid.offset, grid.scale
@@ -139,11 +139,14 @@ def encode_message(
 def read_header(message: Tensor) -> Header:
     """Parse and validate a message's header; any inconsistency raises :class:`WireFormatError`.
 
+    The 40 header bytes are read on the host (for a CUDA message: one small device-to-host copy).
+
     Checks the magic number, version, header checksum, bits, reserved field, grid values and that the
     message's length is exactly what the header implies (so a truncated message is caught here).
     """
     if not isinstance(message, Tensor) or message.dtype != torch.uint8 or message.dim() != 1:
-        what = f"{message.dtype} tensor of shape {tuple(message.shape)}" if isinstance(message, Tensor) else type(message).__name__
+        what = (f"{message.dtype} tensor of shape {tuple(message.shape)}" if isinstance(message, Tensor)
+                else type(message).__name__)
         raise WireFormatError(f"a qtd message is a 1-D uint8 tensor, got a {what}")
     if message.numel() < HEADER_BYTES:
         raise WireFormatError(

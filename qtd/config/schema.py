@@ -75,6 +75,9 @@ class RunConfig:
     resume: str = "auto"  # auto: continue from the newest complete checkpoint; never: start over
     progress: bool = True
     time_budget_s: float = 0.0  # 0: no wall-clock budget; otherwise stop a node after this many seconds
+    # async_dsgd: seconds of training between evaluations of the network-average model (nodes pause at the
+    # same training time); 0: a tenth of time_budget_s, or 1 s without a time budget
+    eval_every_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.out_dir:
@@ -85,6 +88,7 @@ class RunConfig:
         _non_negative("run.checkpoint_every", self.checkpoint_every)
         _choice("run.resume", self.resume, ("auto", "never"))
         _non_negative("run.time_budget_s", self.time_budget_s)
+        _non_negative("run.eval_every_s", self.eval_every_s)
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,9 @@ class PSConfig:
 
     compressor: str = "topk"  # none (dense AMSGrad, all-reduce), topk, blocksign
     k_ratio: float = 0.01  # topk: share of the parameters sent
-    error_feedback: bool = True
+    error_feedback: bool = True  # topk and blocksign
+    value_bits: int = 32  # topk: values sent as float32 (32) or float16 (16)
+    batch_size: int = 32  # samples per worker and step
     lr: float = 0.001
     beta1: float = 0.9
     beta2: float = 0.999
@@ -259,6 +265,9 @@ class PSConfig:
         _choice("ps.compressor", self.compressor, PS_COMPRESSORS)
         if not 0 < self.k_ratio <= 1:
             _fail("ps.k_ratio", self.k_ratio, "must be in (0, 1]")
+        if self.value_bits not in (16, 32):
+            _fail("ps.value_bits", self.value_bits, "use 32 (float32 values) or 16 (float16 values)")
+        _positive("ps.batch_size", self.batch_size)
         _positive("ps.lr", self.lr)
         for key, value in (("ps.beta1", self.beta1), ("ps.beta2", self.beta2)):
             if not 0 <= value < 1:
@@ -293,6 +302,8 @@ class Config:
             _fail("compression.bits", bits,
                   "algorithm.name=dsgd exchanges unquantized models: use 16 or 32, "
                   "or algorithm.name=qdsgd for quantized messages")
+        if self.mode == "ps" and self.emulation.links:
+            _fail("emulation.links", True, "link emulation is not available in mode=ps (emulation.stragglers is)")
         if (self.mode == "decentralized" and name in ("quantimed", "qdsgd")
                 and self.algorithm.schedule == "constant" and self.algorithm.eps > 1):
             _fail("algorithm.eps", self.algorithm.eps,

@@ -25,6 +25,7 @@ from ..metrics import (JsonlWriter, Progress, ScalarLogger, TensorBoardLogger, c
                        write_json_atomic)
 from ..models import FlatModel
 from ..topology import build_topology
+from .async_node import run_async_node
 from .problem import Problem, build_problem, evaluate_sum, make_gradient_step
 from .steps import AllReduceStep, GossipStep, GradientSource, StepStats
 
@@ -83,7 +84,7 @@ def build_step(config: Config, world: World, flat: FlatModel, problem: Problem, 
         return GossipStep(world, flat, gradients, topology.view(world.rank), config.compression.bits,
                           sizes.alpha, sizes.eps, consensus, algo.overlap, config.run.seed, link)
     raise ConfigError(f"algorithm.name={algo.name!r} does not run in the synchronous engine; "
-                      "use quantimed, qdsgd, dsgd or allreduce_sgd")
+                      "use quantimed, qdsgd, dsgd or allreduce_sgd (async_dsgd runs in run_async_node)")
 
 
 class Evaluator:
@@ -156,10 +157,15 @@ def _restore(state: dict[str, Any], path: Path, flat: FlatModel, sampler, algori
 
 def run_node(config: Config, world: World) -> dict[str, Any] | None:
     """Train this process's node; returns the run summary on rank 0 (None elsewhere)."""
+    if config.mode == "ps":
+        from .ps import run_ps_node  # imports this module's helpers: import here, not at the top
+        return run_ps_node(config, world)
     if config.topology.nodes != world.size:
         raise ConfigError(f"topology.nodes={config.topology.nodes} but {world.size} processes were started: "
                           f"set topology.nodes={world.size} or start {config.topology.nodes} processes "
                           f"(torchrun --nproc_per_node {config.topology.nodes})")
+    if config.algorithm.name == "async_dsgd":
+        return run_async_node(config, world)
     run, rank = config.run, world.rank
     out = Path(run.out_dir)
     topology = build_topology(config.topology)

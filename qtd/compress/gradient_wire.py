@@ -1,0 +1,220 @@
+"""Wire messages of compressed gradients (parameter-server mode): TopK and Block-Sign.
+
+Every message is one contiguous uint8 tensor: a 32-byte header, then the payload. Its size depends only on
+(numel, k, value_bits) or (numel, blocks), so every worker's message has the same length and a fixed-size
+all-gather can move them.
+
+Header (little-endian, ``GRAD_HEADER_FORMAT``)::
+
+    offset size field
+         0    2 magic       b"QG"
+         2    1 version     GRAD_WIRE_VERSION
+         3    1 kind        1 = TopK, 2 = Block-Sign
+         4    1 value_bits  TopK: 16 (float16) or 32 (float32) values; Block-Sign: 32 (float32 scales)
+         5    1 index_bits  TopK: ceil(log2 numel) (at least 1); Block-Sign: 1 (one sign bit per element)
+         6    2 reserved    0
+         8    8 numel       length of the dense gradient
+        16    4 count       TopK: k entries; Block-Sign: number of blocks (scales)
+        20    4 sender
+        24    4 iteration   (mod 2**32)
+        28    4 crc32       zlib.crc32 of bytes 0..27
+
+TopK payload: k values (value_bits each), then the k indices in strictly increasing order, bit-packed in
+index_bits bits each (:mod:`.uint_packing`). Block-Sign payload: the float32 scales, then the sign bits
+(bit set = non-negative, :func:`.blocksign.blocksign_compress`), ceil(numel / 8) bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import WireFormatError
+from .packing import packed_nbytes
+from .topk import Sparse
+from .uint_packing import index_bits, pack_uints, uint_nbytes, unpack_uints
+
+GRAD_MAGIC = b"QG"
+GRAD_WIRE_VERSION = 1
+GRAD_HEADER_FORMAT = "<2sBBBBHQIIII"
+GRAD_HEADER_BYTES = struct.calcsize(GRAD_HEADER_FORMAT)
+KIND_TOPK = 1
+KIND_SIGN = 2
+VALUE_BITS = (16, 32)
+_CRC_OFFSET = GRAD_HEADER_BYTES - 4
+_VALUE_DTYPES = {16: torch.float16, 32: torch.float32}
+
+assert GRAD_HEADER_BYTES == 32
+
+
+@dataclass(frozen=True)
+class GradHeader:
+    """What a gradient message says about itself."""
+
+    kind: int
+    value_bits: int
+    index_bits: int
+    numel: int
+    count: int
+    sender: int
+    iteration: int
+
+
+def topk_message_nbytes(numel: int, k: int, value_bits: int = 32) -> int:
+    """Exact size of a TopK message: header + k values + k packed indices."""
+    _check_value_bits(value_bits)
+    if not 0 <= k <= numel:
+        raise ValueError(f"k={k} must be in 0..{numel}")
+    return GRAD_HEADER_BYTES + k * value_bits // 8 + uint_nbytes(k, index_bits(numel))
+
+
+def sign_message_nbytes(numel: int, blocks: int) -> int:
+    """Exact size of a Block-Sign message: header + one float32 scale per block + one bit per element."""
+    return GRAD_HEADER_BYTES + 4 * blocks + packed_nbytes(numel, 1)
+
+
+def _check_value_bits(value_bits: int) -> None:
+    if value_bits not in VALUE_BITS:
+        raise ValueError(f"value_bits={value_bits!r} must be 16 (float16) or 32 (float32)")
+
+
+def _header_bytes(header: GradHeader) -> bytes:
+    body = struct.pack(GRAD_HEADER_FORMAT, GRAD_MAGIC, GRAD_WIRE_VERSION, header.kind, header.value_bits,
+                       header.index_bits, 0, header.numel, header.count, header.sender,
+                       header.iteration % 2**32, 0)[:_CRC_OFFSET]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def _write(message: Tensor, header: GradHeader, parts: list[Tensor]) -> Tensor:
+    message[:GRAD_HEADER_BYTES].copy_(torch.frombuffer(bytearray(_header_bytes(header)), dtype=torch.uint8))
+    offset = GRAD_HEADER_BYTES
+    for part in parts:
+        message[offset:offset + part.numel()].copy_(part)
+        offset += part.numel()
+    return message
+
+
+def _buffer(out: Tensor | None, nbytes: int, device: torch.device) -> Tensor:
+    if out is None:
+        return torch.empty(nbytes, dtype=torch.uint8, device=device)
+    if out.dtype != torch.uint8 or out.dim() != 1 or out.numel() != nbytes or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous 1-D uint8 tensor of {nbytes} bytes, "
+                         f"got {out.dtype} of shape {tuple(out.shape)}")
+    return out
+
+
+def _as_bytes(t: Tensor) -> Tensor:
+    return t.contiguous().view(torch.uint8).reshape(-1)
+
+
+def encode_topk_message(sparse: Sparse, value_bits: int, sender: int, iteration: int,
+                        out: Tensor | None = None) -> Tensor:
+    """Encode a TopK selection; entries are sent sorted by index so the message is canonical.
+
+    With value_bits=16 the values are rounded to float16; a value beyond float16's range raises, since
+    it would arrive as infinity.
+    """
+    _check_value_bits(value_bits)
+    numel, k = sparse.numel, sparse.indices.numel()
+    device = sparse.values.device
+    message = _buffer(out, topk_message_nbytes(numel, k, value_bits), device)
+    order = torch.argsort(sparse.indices)
+    indices, values = sparse.indices[order], sparse.values[order].to(_VALUE_DTYPES[value_bits])
+    if value_bits == 16 and k and not bool(torch.isfinite(values).all()):
+        raise ValueError("a TopK value is beyond float16's range (+-65504): use ps.value_bits=32")
+    header = GradHeader(KIND_TOPK, value_bits, index_bits(numel), numel, k, sender, iteration)
+    return _write(message, header, [_as_bytes(values), pack_uints(indices, header.index_bits)])
+
+
+def encode_sign_message(packed_signs: Tensor, scales: Tensor, numel: int, sender: int, iteration: int,
+                        out: Tensor | None = None) -> Tensor:
+    """Encode Block-Sign output (:func:`.blocksign.blocksign_compress`): float32 scales, then sign bits."""
+    blocks = scales.numel()
+    if packed_signs.dtype != torch.uint8 or packed_signs.numel() != packed_nbytes(numel, 1):
+        raise ValueError(f"packed_signs must be {packed_nbytes(numel, 1)} uint8 bytes for {numel} elements")
+    message = _buffer(out, sign_message_nbytes(numel, blocks), packed_signs.device)
+    header = GradHeader(KIND_SIGN, 32, 1, numel, blocks, sender, iteration)
+    return _write(message, header, [_as_bytes(scales.to(torch.float32)), packed_signs.reshape(-1)])
+
+
+def read_grad_header(message: Tensor, *, expected_kind: int | None = None, expected_numel: int | None = None,
+                     expected_count: int | None = None, expected_sender: int | None = None,
+                     expected_iteration: int | None = None) -> GradHeader:
+    """Parse and validate a header; the message's length must be exactly what the header implies."""
+    if not isinstance(message, Tensor) or message.dtype != torch.uint8 or message.dim() != 1:
+        raise WireFormatError("a qtd gradient message is a 1-D uint8 tensor")
+    if message.numel() < GRAD_HEADER_BYTES:
+        raise WireFormatError(f"truncated gradient message: {message.numel()} bytes is shorter than the "
+                              f"{GRAD_HEADER_BYTES}-byte header")
+    raw = message[:GRAD_HEADER_BYTES].cpu().numpy().tobytes()
+    magic, version, kind, value_bits, idx_bits, reserved, numel, count, sender, iteration, crc = \
+        struct.unpack(GRAD_HEADER_FORMAT, raw)
+    if magic != GRAD_MAGIC:
+        raise WireFormatError(f"not a qtd gradient message: magic {magic!r}, expected {GRAD_MAGIC!r}")
+    if version != GRAD_WIRE_VERSION:
+        raise WireFormatError(f"unsupported gradient wire version {version}: this qtd reads version "
+                              f"{GRAD_WIRE_VERSION}; run the same qtd version on every worker")
+    if crc != zlib.crc32(raw[:_CRC_OFFSET]):
+        raise WireFormatError("corrupted gradient message: the header checksum does not match its contents")
+    if reserved != 0 or kind not in (KIND_TOPK, KIND_SIGN) or numel < 1:
+        raise WireFormatError(f"malformed gradient message: kind={kind}, reserved={reserved}, numel={numel}")
+    if kind == KIND_TOPK:
+        if value_bits not in VALUE_BITS or idx_bits != index_bits(numel) or count > numel:
+            raise WireFormatError(f"malformed TopK message: value_bits={value_bits}, index_bits={idx_bits}, "
+                                  f"k={count} for numel={numel}")
+        expected_nbytes = topk_message_nbytes(numel, count, value_bits)
+    else:
+        if value_bits != 32 or idx_bits != 1 or count > numel:
+            raise WireFormatError(f"malformed Block-Sign message: value_bits={value_bits}, "
+                                  f"index_bits={idx_bits}, blocks={count} for numel={numel}")
+        expected_nbytes = sign_message_nbytes(numel, count)
+    if message.numel() != expected_nbytes:
+        problem = "truncated" if message.numel() < expected_nbytes else "oversized"
+        raise WireFormatError(f"{problem} gradient message: {message.numel()} bytes, the header implies "
+                              f"{expected_nbytes}")
+    header = GradHeader(kind, value_bits, idx_bits, numel, count, sender, iteration)
+    expected = {"kind": expected_kind, "numel": expected_numel, "count": expected_count,
+                "sender": expected_sender,
+                "iteration": None if expected_iteration is None else expected_iteration % 2**32}
+    wrong = [f"{name}={getattr(header, name)} (expected {value})" for name, value in expected.items()
+             if value is not None and getattr(header, name) != value]
+    if wrong:
+        raise WireFormatError(f"unexpected gradient message from sender {sender} at iteration {iteration}: "
+                              + ", ".join(wrong))
+    return header
+
+
+def _payload_as(payload: Tensor, dtype: torch.dtype, count: int) -> Tensor:
+    itemsize = torch.empty(0, dtype=dtype).element_size()
+    chunk = payload[:count * itemsize]
+    if chunk.storage_offset() % itemsize:
+        chunk = chunk.clone()
+    return chunk.view(dtype)
+
+
+def decode_topk_message(message: Tensor, **expected: int | None) -> tuple[GradHeader, Sparse]:
+    """Validate a TopK message; returns its header and its entries (float32 values, increasing indices)."""
+    header = read_grad_header(message, expected_kind=KIND_TOPK, **expected)
+    payload = message[GRAD_HEADER_BYTES:]
+    k, value_nbytes = header.count, header.count * header.value_bits // 8
+    values = _payload_as(payload, _VALUE_DTYPES[header.value_bits], k).to(torch.float32)
+    indices = unpack_uints(payload[value_nbytes:], header.index_bits, k)
+    if k and (int(indices[-1]) >= header.numel or (k > 1 and not bool((indices[1:] > indices[:-1]).all()))):
+        raise WireFormatError(f"malformed TopK message from sender {header.sender}: indices must be strictly "
+                              f"increasing and below numel={header.numel}")
+    return header, Sparse(values, indices, header.numel)
+
+
+def decode_sign_message(message: Tensor, **expected: int | None) -> tuple[GradHeader, Tensor, Tensor]:
+    """Validate a Block-Sign message; returns its header, the packed sign bits and the float32 scales."""
+    header = read_grad_header(message, expected_kind=KIND_SIGN, **expected)
+    payload = message[GRAD_HEADER_BYTES:]
+    scales = _payload_as(payload, torch.float32, header.count).clone()
+    if not bool(torch.isfinite(scales).all()) or bool((scales < 0).any()):
+        raise WireFormatError(f"malformed Block-Sign message from sender {header.sender}: scales must be "
+                              "finite and non-negative")
+    return header, payload[4 * header.count:], scales
