@@ -30,6 +30,8 @@ def train_command(config_path: str, overrides: Sequence[str]) -> int:
     except QtdError as exc:
         print(f"qtd: node {world.rank}: error: {exc}", file=sys.stderr, flush=True)
         os._exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches every node; the launcher says so once
+        os._exit(130)
     close_world()
     return 0
 

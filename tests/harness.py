@@ -86,3 +86,14 @@ def run_qtd(args: Sequence[str], timeout: float = 300.0, env: dict[str, str] | N
                               capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as exc:
         raise AssertionError(f"qtd {' '.join(args)} did not finish within {timeout} s:\n{exc.stderr}") from None
+
+
+def run_single_node(config: str | Path, overrides: Sequence[str], timeout: float = 180.0) -> subprocess.CompletedProcess:
+    """``python -m qtd.train`` as a world of one process (RANK 0 of WORLD_SIZE 1), no torchrun needed."""
+    env = child_env({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                     "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())})
+    args = [sys.executable, "-m", "qtd.train", "--config", str(config), *sum((["--set", o] for o in overrides), [])]
+    try:
+        return subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise AssertionError(f"python -m qtd.train did not finish within {timeout} s:\n{exc.stderr}") from None

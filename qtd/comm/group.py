@@ -58,7 +58,11 @@ def init_world(backend: str = "auto", timeout_s: float = 60.0) -> World:
     if device.type == "cpu":
         torch.set_num_threads(1)  # one core per node: n processes share the machine
     if not dist.is_initialized():
-        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=max(timeout_s, 1.0)))
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(seconds=max(timeout_s, 1.0)))
+        except (RuntimeError, ValueError) as exc:  # DistError and friends: a peer left or never came
+            raise PeerError(f"joining the process group ({backend}) failed: {_short(exc)}; another node "
+                            "probably stopped first (see its message) or could not be reached") from None
     global _BACKEND_POLLS, _HEARTBEAT
     _BACKEND_POLLS = backend == "nccl"
     if _HEARTBEAT is None and dist.get_world_size() > 1:

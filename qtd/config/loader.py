@@ -141,6 +141,18 @@ def _check_path(path: list[str]) -> None:
                           f"{dataclasses.fields(cls)[0].name}=...")
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's multi-line report as one line: what is wrong and where (line and column, 1-based)."""
+    if isinstance(exc, yaml.reader.ReaderError):
+        character = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        return f"{exc.reason} (character {character} at offset {exc.position})"
+    mark = getattr(exc, "problem_mark", None)
+    what = "; ".join(str(part) for part in (getattr(exc, "context", None), getattr(exc, "problem", None)) if part)
+    if mark is not None and what:
+        return f"{what} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
@@ -149,7 +161,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {_yaml_problem(exc)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(path)!r} is not a text file; give a YAML config") from None
     if data is None:

@@ -7,6 +7,7 @@ names the field (as its dotted key), the value it got and what is allowed. Cross
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..errors import ConfigError
@@ -25,6 +26,8 @@ ALLOWED_BITS = QUANTIZED_BITS + (16, 32)
 PS_COMPRESSORS = ("none", "topk", "blocksign")
 SPEED_DISTRIBUTIONS = ("uniform", "fixed")
 BACKENDS = ("auto", "gloo", "nccl")
+MAX_NODES = 1024  # one process each; W is dense and its spectral gap is an O(n^3) eigendecomposition
+MAX_SEED = 2**32 - 1  # seeds are scaled and offset per node before they reach torch's 64-bit generators
 
 
 def _fail(key: str, value: object, allowed: str) -> None:
@@ -39,11 +42,20 @@ def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
 def _positive(key: str, value: float) -> None:
     if not value > 0:
         _fail(key, value, "must be > 0")
+    if not math.isfinite(value):  # an infinite deadline or timeout would be a hang
+        _fail(key, value, "must be a finite number")
 
 
 def _non_negative(key: str, value: float) -> None:
     if not value >= 0:
         _fail(key, value, "must be >= 0")
+    if not math.isfinite(value):
+        _fail(key, value, "must be a finite number")
+
+
+def _seed(key: str, value: int) -> None:
+    if not 0 <= value <= MAX_SEED:
+        _fail(key, value, f"must be in 0..{MAX_SEED}")
 
 
 def _is_import_path(name: str) -> bool:
@@ -71,7 +83,7 @@ class RunConfig:
         if not self.out_dir:
             _fail("run.out_dir", self.out_dir, "give a directory path")
         _positive("run.iterations", self.iterations)
-        _non_negative("run.seed", self.seed)
+        _seed("run.seed", self.seed)
         _positive("run.eval_every", self.eval_every)
         _non_negative("run.checkpoint_every", self.checkpoint_every)
         _choice("run.resume", self.resume, ("auto", "never"))
@@ -93,11 +105,11 @@ class TopologyConfig:
 
     def __post_init__(self) -> None:
         _choice("topology.kind", self.kind, TOPOLOGIES)
-        if self.nodes < 1:
-            _fail("topology.nodes", self.nodes, "must be >= 1")
+        if not 1 <= self.nodes <= MAX_NODES:
+            _fail("topology.nodes", self.nodes, f"must be in 1..{MAX_NODES} (one process per node)")
         if not 0 < self.p <= 1:
             _fail("topology.p", self.p, "must be in (0, 1]")
-        _non_negative("topology.seed", self.seed)
+        _seed("topology.seed", self.seed)
         _choice("topology.weights", self.weights, WEIGHTS)
         if self.kappa is not None:
             _positive("topology.kappa", self.kappa)
@@ -206,6 +218,7 @@ class EmulationConfig:
     def __post_init__(self) -> None:
         _choice("emulation.speed_distribution", self.speed_distribution, SPEED_DISTRIBUTIONS)
         _positive("emulation.speed_low", self.speed_low)
+        _positive("emulation.speed_high", self.speed_high)
         if not self.speed_high >= self.speed_low:
             _fail("emulation.speed_high", self.speed_high,
                   f"must be >= emulation.speed_low ({self.speed_low})")

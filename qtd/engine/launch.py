@@ -12,7 +12,8 @@ from ..topology import build_topology
 
 
 def torchrun_command(config_path: str, overrides: Sequence[str], nodes: int, max_restarts: int = 0) -> list[str]:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nodes}",
+    """torchrun's command line, run through qtd.engine.torchrun (a failed run ends in one line, no traceback)."""
+    command = [sys.executable, "-m", "qtd.engine.torchrun", "--standalone", f"--nproc_per_node={nodes}",
                f"--max-restarts={max_restarts}", "-m", "qtd.train", "--config", str(config_path)]
     for override in overrides:
         command += ["--set", override]
@@ -25,7 +26,16 @@ def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int
     build_topology(config.topology)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     command = torchrun_command(config_path, overrides, config.topology.nodes, max_restarts)
     print(f"qtd: starting {config.topology.nodes} nodes ({config.algorithm.name if config.mode == 'decentralized' else 'ps'}),"
           f" writing to {config.run.out_dir}", file=sys.stderr, flush=True)
-    return subprocess.call(command, env=env)
+    process = subprocess.Popen(command, env=env)
+    try:
+        return process.wait()
+    except KeyboardInterrupt:  # torchrun got the same Ctrl-C and is stopping the nodes: let it finish
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise

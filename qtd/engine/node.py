@@ -19,6 +19,7 @@ from ..algorithms import step_sizes
 from ..comm import LinkModel, World, all_reduce_sum, broadcast, ring_allreduce_bytes
 from ..config import Config, ConfigError, config_to_dict, dump_config
 from ..deadline import SpeedModel
+from ..errors import CheckpointError
 from ..metrics import (JsonlWriter, Progress, ScalarLogger, TensorBoardLogger, complete_iterations,
                        load_node_checkpoint, node_file, prune_node_checkpoints, read_jsonl, save_node_checkpoint,
                        write_json_atomic)
@@ -132,6 +133,28 @@ def _node_state(flat: FlatModel, sampler, algorithm, counters: NodeCounters) -> 
             "counters": counters.state_dict()}
 
 
+def _restore(state: dict[str, Any], path: Path, flat: FlatModel, sampler, algorithm, counters: NodeCounters,
+             device: torch.device) -> None:
+    """Load a node checkpoint into this run; CheckpointError when it was written by a different run setup."""
+    params = state.get("params")
+    if not isinstance(params, torch.Tensor) or params.shape != flat.params.shape:
+        size = f"{params.numel()} parameters" if isinstance(params, torch.Tensor) else "no model"
+        raise CheckpointError(f"checkpoint {str(path)!r} holds {size} but this config's model has "
+                              f"{flat.params.numel()}: it comes from a run with another model; use a new "
+                              "run.out_dir or set run.resume=never")
+    try:
+        with torch.no_grad():
+            flat.params.copy_(params.to(device))
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        algorithm.load_state_dict(state["algorithm"])
+        counters.load_state_dict(state["counters"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run ({type(exc).__name__}: {exc}); it "
+                              "was written with another config or qtd version: use a new run.out_dir or set "
+                              "run.resume=never") from None
+
+
 def run_node(config: Config, world: World) -> dict[str, Any] | None:
     """Train this process's node; returns the run summary on rank 0 (None elsewhere)."""
     if config.mode == "ps":
@@ -158,15 +181,11 @@ def run_node(config: Config, world: World) -> dict[str, Any] | None:
         out.mkdir(parents=True, exist_ok=True)
     start = _resume_iteration(config, world)
     if start:
-        state = load_node_checkpoint(node_file(out, start, rank), rank)
-        with torch.no_grad():
-            flat.params.copy_(state["params"].to(world.device))
-        sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        algorithm.load_state_dict(state["algorithm"])
-        counters.load_state_dict(state["counters"])
+        path = node_file(out, start, rank)
+        _restore(load_node_checkpoint(path, rank), path, flat, sampler, algorithm, counters, world.device)
 
     jsonl = None
+    purge_step = start + 1 if start else None  # a resumed run redoes the steps after its checkpoint
     global_tb: ScalarLogger = ScalarLogger()
     if rank == 0:
         (out / "config.yaml").write_text(dump_config(config))
@@ -175,9 +194,9 @@ def run_node(config: Config, world: World) -> dict[str, Any] | None:
         for row in history:
             if row["iteration"] <= start:
                 jsonl.write(row)
-        global_tb = TensorBoardLogger(out / "tensorboard" / "global")
+        global_tb = TensorBoardLogger(out / "tensorboard" / "global", purge_step=purge_step)
         global_tb.text("config", "```\n" + dump_config(config) + "\n```")
-    node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}")
+    node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}", purge_step=purge_step)
     node_log = JsonlWriter(out / "nodes" / f"node_{rank:03d}.jsonl", truncate=not start)
     progress = Progress(run.iterations, initial=start, enabled=run.progress and rank == 0,
                         desc=f"{config.algorithm.name} x{world.size}")

@@ -21,7 +21,7 @@ from ..deadline import SpeedModel
 from ..metrics import (JsonlWriter, Progress, ScalarLogger, TensorBoardLogger, load_node_checkpoint, node_file,
                        prune_node_checkpoints, read_jsonl, save_node_checkpoint, write_json_atomic)
 from ..models import FlatModel
-from .node import NodeCounters, _hparams, _per_node, _resume_iteration
+from .node import NodeCounters, _hparams, _per_node, _restore, _resume_iteration
 from .problem import Problem, build_problem, evaluate_sum, make_gradient_step
 from .ps_step import PSStep, algorithm_name, build_codec
 from .steps import GradientSource
@@ -105,17 +105,13 @@ def run_ps_node(config: Config, world: World) -> dict[str, Any] | None:
         out.mkdir(parents=True, exist_ok=True)
     start = _resume_iteration(config, world)
     if start:
-        state = load_node_checkpoint(node_file(out, start, rank), rank)
-        with torch.no_grad():
-            flat.params.copy_(state["params"].to(world.device))
-        sampler.load_state_dict(state["sampler"])
-        torch.set_rng_state(state["torch_rng"])
-        step.load_state_dict(state["algorithm"])
-        counters.load_state_dict(state["counters"])
+        path = node_file(out, start, rank)
+        _restore(load_node_checkpoint(path, rank), path, flat, sampler, step, counters, world.device)
         step.check_replicas(start)
 
     name = algorithm_name(config.ps)
     jsonl = None
+    purge_step = start + 1 if start else None  # a resumed run redoes the steps after its checkpoint
     global_tb: ScalarLogger = ScalarLogger()
     if rank == 0:
         (out / "config.yaml").write_text(dump_config(config))
@@ -124,9 +120,9 @@ def run_ps_node(config: Config, world: World) -> dict[str, Any] | None:
         for row in history:
             if row["iteration"] <= start:
                 jsonl.write(row)
-        global_tb = TensorBoardLogger(out / "tensorboard" / "global")
+        global_tb = TensorBoardLogger(out / "tensorboard" / "global", purge_step=purge_step)
         global_tb.text("config", "```\n" + dump_config(config) + "\n```")
-    node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}")
+    node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}", purge_step=purge_step)
     node_log = JsonlWriter(out / "nodes" / f"node_{rank:03d}.jsonl", truncate=not start)
     progress = Progress(run.iterations, initial=start, enabled=run.progress and rank == 0,
                         desc=f"{name} x{world.size}")

@@ -35,10 +35,12 @@ class ScalarLogger:
 class TensorBoardLogger(ScalarLogger):
     """One TensorBoard run (a directory of event files)."""
 
-    def __init__(self, log_dir: str | Path, flush_secs: int = 10) -> None:
+    def __init__(self, log_dir: str | Path, flush_secs: int = 10, purge_step: int | None = None) -> None:
+        """``purge_step``: a resumed run logs again from this step; TensorBoard hides what the interrupted
+        run had logged from there on, so every chart shows each step once."""
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(log_dir=str(log_dir), flush_secs=flush_secs)
+        self._writer = SummaryWriter(log_dir=str(log_dir), flush_secs=flush_secs, purge_step=purge_step)
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for tag, value in values.items():
