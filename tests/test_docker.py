@@ -38,7 +38,7 @@ def test_base_image_is_an_official_pytorch_tag_new_enough_for_the_package(docker
 def _pip_install_targets(command: str) -> list[str]:
     """What each `pip install` in a shell command installs, flags and extras dropped: ['-e .'] etc."""
     targets = []
-    for args in re.findall(r"\bpip install ([^&;|\n]*)", command):
+    for args in re.findall(r"\bpip install ([^&;|`\n]*)", command):
         words = shlex.split(args)
         editable = "-e" in words or "--editable" in words
         targets += [("-e " if editable else "") + re.sub(r"\[.*\]$", "", w) for w in words if not w.startswith("-")]
