@@ -185,6 +185,29 @@ def test_divergence_stops_the_run_and_is_reported(tmp_path):
     assert result.summary["iterations"] < 50
 
 
+def test_a_sweep_can_stop_at_a_target_loss(tmp_path):
+    config = small_config(tmp_path, "algorithm.name=dsgd", "compression.bits=16", "run.iterations=40",
+                          "run.eval_every=3")
+    result = simulate(config, write=False, stop_at_loss=100.0)
+    assert [row["iteration"] for row in result.rows] == [3] and result.summary["iterations"] == 3
+
+
+def test_paper_configs_describe_the_papers_mnist_setting(tmp_path, mnist_dir):
+    from qtd.engine.problem import build_problem
+    from qtd.topology import build_topology
+    for name in ("quantimed", "qdsgd", "dsgd", "async_dsgd", "allreduce_sgd"):
+        config = load_config(REPO / "configs" / "paper" / f"{name}.yaml")  # what qtd launch checks first
+        assert config.data.root == "../shared/data/mnist" and config.algorithm.name == name
+        assert (config.topology.kind, config.topology.nodes, config.topology.p) == ("erdos_renyi", 50, 0.4)
+        assert (config.emulation.speed_low, config.emulation.speed_high, config.emulation.comm_time_s) == (10, 90, 3)
+        build_topology(config.topology)
+    config = load_config(REPO / "configs" / "paper" / "dsgd.yaml",
+                         [f"data.root={mnist_dir}", "run.iterations=2", "run.eval_every=2", f"run.out_dir={tmp_path}"])
+    assert len(build_problem(config).eval_indices) == 10_000  # the paper's loss: all 10,000 training images
+    result = simulate(config, write=False, progress=False)
+    assert len(result.rows) == 1 and result.rows[0]["eval_loss"] < 2.5
+
+
 # -- the simulator and the real engine agree ---------------------------------------------------------------
 
 def _real_models(tmp_path: Path, overrides: list[str]) -> tuple[Path, list[torch.Tensor]]:

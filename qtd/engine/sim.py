@@ -96,7 +96,7 @@ class Simulation:
 
     def __init__(self, config: Config, *, write: bool = True, node_logs: bool = True,
                  gradient_mode: str = "auto", device: torch.device | None = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, stop_at_loss: float | None = None) -> None:
         if config.mode != "decentralized":
             raise ConfigError(f"mode={config.mode!r}: qtd sim simulates the decentralized algorithms; "
                               "run parameter-server mode with qtd launch")
@@ -138,6 +138,8 @@ class Simulation:
         self.rows: list[dict[str, Any]] = []
         self.events: list[tuple[float, int]] = []
         self.diverged_at: int | None = None
+        self.stop_at_loss = stop_at_loss  # sweeps: stop at the first evaluation at or below this loss
+        self.reached_target = False
 
     # -- synchronous algorithms ------------------------------------------------------------------------
 
@@ -199,7 +201,7 @@ class Simulation:
             if not finite:
                 self.diverged_at = iteration
                 break
-            if over:
+            if over or self.reached_target:
                 break
         return iteration
 
@@ -257,6 +259,8 @@ class Simulation:
                 progress.update(1, **self._postfix())
                 if rounds % run.eval_every == 0 or events == total:
                     self._evaluate(rounds)
+                    if self.reached_target:
+                        break
         if not self.rows or self.rows[-1]["iteration"] != events // n or self.rows[-1]["time_s"] != self.clock.time_s:
             self._evaluate(events // n)
         return events // n
@@ -265,6 +269,8 @@ class Simulation:
 
     def _evaluate(self, iteration: int) -> None:
         row = self.evaluate(self.models, iteration, self.clock)
+        if self.stop_at_loss is not None and row["eval_loss"] <= self.stop_at_loss:
+            self.reached_target = True
         self.rows.append(row)
         self.recorder.evaluation(row)
 
@@ -342,6 +348,8 @@ def _hparams(config: Config) -> dict[str, Any]:
 
 
 def simulate(config: Config, **options: Any) -> SimResult:
-    """Run ``config`` on the virtual clock; ``options`` as for :class:`Simulation` (write, node_logs,
-    gradient_mode, device, progress)."""
+    """Run ``config`` on the virtual clock. ``options`` as for :class:`Simulation`: ``write`` (the run
+    directory; False keeps everything in memory), ``node_logs`` (per-node jsonl and TensorBoard),
+    ``gradient_mode`` (auto, vmap, loop), ``device``, ``progress``, ``stop_at_loss`` (stop at the first
+    evaluation at or below it: sweeps that measure the time to a target loss)."""
     return Simulation(config, **options).run()
