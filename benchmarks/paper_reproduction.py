@@ -43,7 +43,7 @@ import platform  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from dataclasses import asdict, dataclass, field, replace  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -348,7 +348,8 @@ def main() -> None:
     plan = QUICK if args.quick else Plan()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(args.cache) if args.cache else REPO / "runs" / ("paper_reproduction_cache" + ("_quick" if args.quick else ""))
+    default_cache = REPO / "runs" / ("paper_reproduction_cache" + ("_quick" if args.quick else ""))
+    cache = Path(args.cache) if args.cache else default_cache
     started = time.perf_counter()
 
     def log(message: str) -> None:

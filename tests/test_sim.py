@@ -119,7 +119,8 @@ def test_deadline_bound_nodes_compute_floor_of_speed_times_deadline(tmp_path):
 def test_async_events_are_processed_in_virtual_time_order_with_the_newest_models(tmp_path):
     # paces B/V + T_c: 8/8 + 0.5 = 1.5, 8/16 + 0.5 = 1.0, 8/32 + 0.5 = 0.75, 1.5 (exact in binary)
     config = small_config(tmp_path, "algorithm.name=async_dsgd", "compression.bits=16", "run.iterations=5",
-                          "emulation.comm_time_s=0.5", "algorithm.overlap=false", "algorithm.schedule=constant", "algorithm.alpha=0.1",
+                          "emulation.comm_time_s=0.5", "algorithm.overlap=false", "algorithm.schedule=constant",
+                          "algorithm.alpha=0.1",
                           "algorithm.eps=1.0", *fixed_speeds([8.0, 16.0, 32.0, 8.0]))
     result = simulate(config, write=False)
     assert result.events == [(0.75, 2), (1.0, 1), (1.5, 0), (1.5, 2), (1.5, 3), (2.0, 1), (2.25, 2), (3.0, 0),
