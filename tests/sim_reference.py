@@ -1,0 +1,63 @@
+"""A naive single-process asynchronous DSGD, written from DESIGN.md section 2, to check the simulator's events.
+
+Node j's k-th step ends at sum_{k' <= k} (B / V_{j,k'} + T_c * s/16); steps are taken in order of end time
+(ties: lower node id); at its step a node computes a batch-B gradient at its model, applies the DSGD rule
+with the newest model it holds from each neighbour, and its new model (as decoded from its message) is what
+its neighbours hold from then on. Deliberately plain: lists, a sort, a loop over neighbours.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qtd.algorithms import async_dsgd_update, step_sizes
+from qtd.compress import decode_message, encode_message
+from qtd.config import Config
+from qtd.deadline import SpeedModel
+from qtd.engine.problem import build_problem, make_gradient_step
+from qtd.topology import build_topology
+
+
+def expected_events(config: Config, steps: int) -> list[tuple[float, int]]:
+    """The first ``steps`` (end time, node) events in processing order, from the speeds alone."""
+    n, algo, emu = config.topology.nodes, config.algorithm, config.emulation
+    speeds = SpeedModel(emu.speed_distribution, emu.speed_low, emu.speed_high, emu.speeds, config.run.seed)
+    comm = emu.link_latency_s + emu.comm_time_s * config.compression.bits / 16
+    events = []
+    for j in range(n):
+        end = 0.0
+        for k in range(steps):  # more than enough candidates per node
+            compute = algo.batch_size / speeds.speed(j, k)
+            end += max(compute, comm) if algo.overlap else compute + comm
+            events.append((end, j))
+    events.sort()
+    return events[:steps]
+
+
+def reference_async_models(config: Config, events: list[tuple[float, int]]) -> list[torch.Tensor]:
+    n, seed, bits = config.topology.nodes, config.run.seed, config.compression.bits
+    cpu = torch.device("cpu")
+    problem = build_problem(config)
+    topology = build_topology(config.topology)
+    flats = [problem.new_flat_model(cpu) for _ in range(n)]
+    samplers = [problem.node_sampler(i, seed) for i in range(n)]
+    steps = [make_gradient_step(flats[i], samplers[i], cpu) for i in range(n)]
+    alpha = step_sizes(config.algorithm.schedule, config.algorithm.alpha, config.algorithm.eps,
+                       config.run.iterations).alpha
+    held = [f.params.detach().clone() for f in flats]
+    done = [0] * n
+    batch = config.algorithm.batch_size
+    for _, j in events:
+        flat = flats[j]
+        flat.zero_grad()
+        steps[j](batch)
+        flat.grads.div_(batch)
+        view = topology.view(j)
+        mixed = torch.zeros(flat.numel)
+        for neighbour, weight in zip(view.neighbours, view.neighbour_weights):
+            mixed.add_(held[neighbour], alpha=weight)
+        with torch.no_grad():
+            flat.params.copy_(async_dsgd_update(flat.params.detach(), mixed, view.self_weight, flat.grads, alpha))
+        held[j] = decode_message(encode_message(flat.params.detach(), bits, j, done[j], seed=seed))[1]
+        done[j] += 1
+    return [f.params.detach().clone() for f in flats]
