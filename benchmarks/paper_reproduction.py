@@ -73,14 +73,16 @@ class Plan:
     samples_per_node: int = 200
     dsgd_iterations: int = 700
     budget_factor: float = 1.25  # tuning runs stop at L* or at this multiple of t_DSGD
-    gossip_alphas: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)  # DSGD, async DSGD, all-reduce SGD
-    quant_alphas: tuple[float, ...] = (0.1, 0.2, 0.4, 0.6, 0.8)  # QuanTimed-DSGD and Q-DSGD
-    quant_eps: tuple[float, ...] = (0.567, 1.0)
-    bits: tuple[int, ...] = (2, 3, 4, 5, 6, 7, 8)
+    # Grids of comparable size, factor-2 steps: every method tries the effective gradient steps 0.1 to 0.8
+    # (alpha, or alpha * eps for the quantized methods) and three values of its compute knob.
+    gossip_alphas: tuple[float, ...] = (0.1, 0.2, 0.4, 0.8)  # DSGD, async DSGD, all-reduce SGD
+    quant_alphas: tuple[float, ...] = (0.2, 0.4, 0.8)  # QuanTimed-DSGD and Q-DSGD
+    quant_eps: tuple[float, ...] = (0.5, 1.0)
+    bits: tuple[int, ...] = (2, 3, 4, 6, 8)
     start_bits: int = 4
-    deadlines: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    deadlines: tuple[float, ...] = (0.5, 1.0, 2.0)
     start_deadline: float = 1.0
-    batches: tuple[int, ...] = (5, 10, 20, 40)  # Q-DSGD and async DSGD (DSGD keeps the paper's B = 20)
+    batches: tuple[int, ...] = (10, 20, 40)  # Q-DSGD and async DSGD (DSGD keeps the paper's B = 20)
     level_iterations: tuple[int, ...] = (100, 200, 350, 500, 700)
 
 
