@@ -34,12 +34,13 @@ from ..comm import (AsyncNeighbourChannel, LinkModel, World, all_reduce_sum, bar
 from ..compress import message_nbytes
 from ..config import Config, ConfigError, dump_config
 from ..deadline import SpeedModel
-from ..metrics import (JsonlWriter, Progress, ScalarLogger, TensorBoardLogger, complete_iterations,
-                       prune_node_checkpoints, save_node_checkpoint, write_json_atomic)
+from ..metrics import (JsonlWriter, ScalarLogger, complete_iterations, prune_node_checkpoints, save_node_checkpoint,
+                       write_json_atomic)
 from ..metrics.checkpoint import remove_checkpoints
 from ..topology import build_topology
 from .async_step import AsyncDSGDStep, AsyncStepStats, TrainingClock
 from .problem import Problem, build_problem, evaluate_sum, make_gradient_step
+from .run_files import RunFiles, flat_hparams
 from .steps import GradientSource
 
 # per-node counters gathered at every checkpoint, in this order
@@ -229,14 +230,9 @@ def run_async_node(config: Config, world: World) -> dict[str, Any] | None:
     counters = AsyncCounters()
     every_s, budget_s = eval_interval_s(config), run.time_budget_s
 
-    jsonl = JsonlWriter(out / "metrics.jsonl", truncate=True) if rank == 0 else None
-    global_tb: ScalarLogger = ScalarLogger()
-    if rank == 0:
-        global_tb = TensorBoardLogger(out / "tensorboard" / "global")
-        global_tb.text("config", "```\n" + dump_config(config) + "\n```")
-    node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}")
-    node_log = JsonlWriter(out / "nodes" / f"node_{rank:03d}.jsonl", truncate=True)
-    progress = Progress(run.iterations, enabled=run.progress and rank == 0, desc=f"async_dsgd x{world.size}")
+    files = RunFiles(config, rank, world.size, "async_dsgd")
+    jsonl, global_tb, node_tb, node_log, progress = (files.metrics, files.global_tb, files.node_tb, files.node_log,
+                                                     files.progress)
     wall_start = time.monotonic()
     point: AsyncEvalPoint | None = None
     try:
@@ -283,17 +279,15 @@ def run_async_node(config: Config, world: World) -> dict[str, Any] | None:
         summary = _summarize(config, world, point, counters, step, time.monotonic() - wall_start)
         if rank == 0:
             write_json_atomic(out / "summary.json", summary)
+            global_tb.hparams(flat_hparams(config), {"hparam/eval_loss": point.row["eval_loss"],
+                                                     "hparam/eval_accuracy": point.row["eval_accuracy"],
+                                                     "hparam/time_s": point.row["time_s"]})
         return summary if rank == 0 else None
     except BaseException:
         step.channel.abort()
         raise
     finally:
-        progress.close()
-        node_log.close()
-        node_tb.close()
-        global_tb.close()
-        if jsonl is not None:
-            jsonl.close()
+        files.close()
 
 
 def _log_iteration(node_log: JsonlWriter, node_tb: ScalarLogger, counters: AsyncCounters, stats: AsyncStepStats,

@@ -7,7 +7,6 @@ model every ``run.eval_every`` iterations, checkpoints, and writes the run direc
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,16 +16,16 @@ import torch
 
 from ..algorithms import step_sizes
 from ..comm import LinkModel, World, all_reduce_sum, broadcast, ring_allreduce_bytes
-from ..config import Config, ConfigError, config_to_dict, dump_config
+from ..config import Config, ConfigError
 from ..deadline import SpeedModel
 from ..errors import CheckpointError
-from ..metrics import (JsonlWriter, Progress, ScalarLogger, TensorBoardLogger, complete_iterations,
-                       load_node_checkpoint, node_file, prune_node_checkpoints, read_jsonl, save_node_checkpoint,
-                       write_json_atomic)
+from ..metrics import (complete_iterations, load_node_checkpoint, node_file, prune_node_checkpoints,
+                       save_node_checkpoint, write_json_atomic)
 from ..models import FlatModel
 from ..topology import build_topology
 from .async_node import run_async_node
 from .problem import Problem, build_problem, evaluate_sum, make_gradient_step
+from .run_files import RunFiles, flat_hparams
 from .steps import AllReduceStep, GossipStep, GradientSource, StepStats
 
 
@@ -184,22 +183,9 @@ def run_node(config: Config, world: World) -> dict[str, Any] | None:
         path = node_file(out, start, rank)
         _restore(load_node_checkpoint(path, rank), path, flat, sampler, algorithm, counters, world.device)
 
-    jsonl = None
-    purge_step = start + 1 if start else None  # a resumed run redoes the steps after its checkpoint
-    global_tb: ScalarLogger = ScalarLogger()
-    if rank == 0:
-        (out / "config.yaml").write_text(dump_config(config))
-        history = read_jsonl(out / "metrics.jsonl") if start and (out / "metrics.jsonl").exists() else []
-        jsonl = JsonlWriter(out / "metrics.jsonl", truncate=True)
-        for row in history:
-            if row["iteration"] <= start:
-                jsonl.write(row)
-        global_tb = TensorBoardLogger(out / "tensorboard" / "global", purge_step=purge_step)
-        global_tb.text("config", "```\n" + dump_config(config) + "\n```")
-    node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}", purge_step=purge_step)
-    node_log = JsonlWriter(out / "nodes" / f"node_{rank:03d}.jsonl", truncate=not start)
-    progress = Progress(run.iterations, initial=start, enabled=run.progress and rank == 0,
-                        desc=f"{config.algorithm.name} x{world.size}")
+    files = RunFiles(config, rank, world.size, config.algorithm.name, start)
+    jsonl, global_tb, node_tb, node_log, progress = (files.metrics, files.global_tb, files.node_tb, files.node_log,
+                                                     files.progress)
     point: EvalPoint | None = None
     deadline = config.algorithm.deadline_s if config.algorithm.name == "quantimed" else None
     try:
@@ -248,17 +234,12 @@ def run_node(config: Config, world: World) -> dict[str, Any] | None:
         summary = _summarize(config, world, counters, algorithm, point, iteration)
         if rank == 0:
             write_json_atomic(out / "summary.json", summary)
-            global_tb.hparams(_hparams(config), {"hparam/eval_loss": point.eval_loss,
-                                                 "hparam/eval_accuracy": point.eval_accuracy,
-                                                 "hparam/time_s": point.time_s})
+            global_tb.hparams(flat_hparams(config), {"hparam/eval_loss": point.eval_loss,
+                                                     "hparam/eval_accuracy": point.eval_accuracy,
+                                                     "hparam/time_s": point.time_s})
         return summary if rank == 0 else None
     finally:
-        progress.close()
-        node_log.close()
-        node_tb.close()
-        global_tb.close()
-        if jsonl is not None:
-            jsonl.close()
+        files.close()
 
 
 def _per_node(values: list[float], world: World) -> list[float]:
@@ -293,17 +274,3 @@ def _summarize(config: Config, world: World, counters: NodeCounters, algorithm, 
     if not math.isfinite(summary["eval_loss"]):
         summary["eval_loss"] = None
     return summary
-
-
-def _hparams(config: Config) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, child in value.items():
-                walk(f"{prefix}{key}.", child)
-        else:
-            flat[prefix.rstrip(".")] = value if isinstance(value, (int, float, str, bool)) else str(value)
-
-    walk("", config_to_dict(config))
-    return flat

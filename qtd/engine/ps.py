@@ -16,14 +16,15 @@ from typing import Any
 import torch
 
 from ..comm import World, all_reduce_sum, ring_allreduce_bytes
-from ..config import Config, ConfigError, dump_config
+from ..config import Config, ConfigError
 from ..deadline import SpeedModel
-from ..metrics import (JsonlWriter, Progress, ScalarLogger, TensorBoardLogger, load_node_checkpoint, node_file,
-                       prune_node_checkpoints, read_jsonl, save_node_checkpoint, write_json_atomic)
+from ..metrics import (JsonlWriter, ScalarLogger, load_node_checkpoint, node_file, prune_node_checkpoints,
+                       save_node_checkpoint, write_json_atomic)
 from ..models import FlatModel
-from .node import NodeCounters, _hparams, _per_node, _restore, _resume_iteration
+from .node import NodeCounters, _per_node, _restore, _resume_iteration
 from .problem import Problem, build_problem, evaluate_sum, make_gradient_step
 from .ps_step import PSStep, algorithm_name, build_codec
+from .run_files import RunFiles, flat_hparams
 from .steps import GradientSource
 
 
@@ -110,22 +111,9 @@ def run_ps_node(config: Config, world: World) -> dict[str, Any] | None:
         step.check_replicas(start)
 
     name = algorithm_name(config.ps)
-    jsonl = None
-    purge_step = start + 1 if start else None  # a resumed run redoes the steps after its checkpoint
-    global_tb: ScalarLogger = ScalarLogger()
-    if rank == 0:
-        (out / "config.yaml").write_text(dump_config(config))
-        history = read_jsonl(out / "metrics.jsonl") if start and (out / "metrics.jsonl").exists() else []
-        jsonl = JsonlWriter(out / "metrics.jsonl", truncate=True)
-        for row in history:
-            if row["iteration"] <= start:
-                jsonl.write(row)
-        global_tb = TensorBoardLogger(out / "tensorboard" / "global", purge_step=purge_step)
-        global_tb.text("config", "```\n" + dump_config(config) + "\n```")
-    node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}", purge_step=purge_step)
-    node_log = JsonlWriter(out / "nodes" / f"node_{rank:03d}.jsonl", truncate=not start)
-    progress = Progress(run.iterations, initial=start, enabled=run.progress and rank == 0,
-                        desc=f"{name} x{world.size}")
+    files = RunFiles(config, rank, world.size, name, start)
+    jsonl, global_tb, node_tb, node_log, progress = (files.metrics, files.global_tb, files.node_tb, files.node_log,
+                                                     files.progress)
     point: PSEvalPoint | None = None
     try:
         iteration = start
@@ -163,17 +151,12 @@ def run_ps_node(config: Config, world: World) -> dict[str, Any] | None:
         summary = _summarize(config, world, counters, step, point, iteration, name)
         if rank == 0:
             write_json_atomic(out / "summary.json", summary)
-            global_tb.hparams(_hparams(config), {"hparam/eval_loss": point.eval_loss,
-                                                 "hparam/eval_accuracy": point.eval_accuracy,
-                                                 "hparam/time_s": point.time_s})
+            global_tb.hparams(flat_hparams(config), {"hparam/eval_loss": point.eval_loss,
+                                                     "hparam/eval_accuracy": point.eval_accuracy,
+                                                     "hparam/time_s": point.time_s})
         return summary if rank == 0 else None
     finally:
-        progress.close()
-        node_log.close()
-        node_tb.close()
-        global_tb.close()
-        if jsonl is not None:
-            jsonl.close()
+        files.close()
 
 
 def _record(jsonl: JsonlWriter, tb: ScalarLogger, point: PSEvalPoint, lr: float) -> None:

@@ -34,11 +34,12 @@ from torch import Tensor
 
 from ..algorithms import async_dsgd_update, consensus_error, dsgd_update, quantimed_update, sgd_update, step_sizes
 from ..comm.links import ring_allreduce_bytes
-from ..config import Config, ConfigError, config_to_dict
+from ..config import Config, ConfigError
 from ..deadline import SpeedModel, deadline_samples
 from ..metrics import Progress
 from ..topology import build_topology
 from .problem import Problem, build_problem, evaluate_sum
+from .run_files import flat_hparams
 from .sim_grads import LoopGradients, build_gradients, micro_batches
 from .sim_messages import MessageCodec
 from .sim_outputs import SimRecorder
@@ -289,7 +290,7 @@ class Simulation:
             else:
                 iterations = self._run_sync(progress)
             summary = self._summary(iterations, time.perf_counter() - wall)
-            self.recorder.finish(summary, self.models, _hparams(self.config))
+            self.recorder.finish(summary, self.models, flat_hparams(self.config))
         finally:
             progress.close()
             self.recorder.close()
@@ -331,20 +332,6 @@ class Simulation:
 
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def _hparams(config: Config) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, child in value.items():
-                walk(f"{prefix}{key}.", child)
-        else:
-            flat[prefix.rstrip(".")] = value if isinstance(value, (int, float, str, bool)) else str(value)
-
-    walk("", config_to_dict(config))
-    return flat
 
 
 def simulate(config: Config, **options: Any) -> SimResult:

@@ -1,0 +1,62 @@
+"""What a node of a real run writes to its run directory (DESIGN.md §4), opened and closed in one place.
+
+Rank 0 writes ``config.yaml``, ``metrics.jsonl`` and ``tensorboard/global``; every rank writes its own
+``nodes/node_XXX.jsonl`` and ``tensorboard/node_XXX``. A run resumed at iteration ``start`` keeps the
+metrics rows up to ``start`` and has TensorBoard purge the steps after it, which the run redoes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import Config, config_to_dict, dump_config
+from ..metrics import JsonlWriter, Progress, ScalarLogger, TensorBoardLogger, read_jsonl
+
+
+class RunFiles:
+    """The open writers of one node: ``metrics`` (rank 0, else None), ``global_tb`` (a no-op logger
+    off rank 0), ``node_tb``, ``node_log`` and the rank-0 progress bar."""
+
+    def __init__(self, config: Config, rank: int, world_size: int, desc: str, start: int = 0) -> None:
+        out, run = Path(config.run.out_dir), config.run
+        purge_step = start + 1 if start else None  # a resumed run redoes the steps after its checkpoint
+        self.metrics: JsonlWriter | None = None
+        self.global_tb: ScalarLogger = ScalarLogger()
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(dump_config(config))
+            history = read_jsonl(out / "metrics.jsonl") if start and (out / "metrics.jsonl").exists() else []
+            self.metrics = JsonlWriter(out / "metrics.jsonl", truncate=True)
+            for row in history:
+                if row["iteration"] <= start:
+                    self.metrics.write(row)
+            self.global_tb = TensorBoardLogger(out / "tensorboard" / "global", purge_step=purge_step)
+            self.global_tb.text("config", "```\n" + dump_config(config) + "\n```")
+        self.node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}", purge_step=purge_step)
+        self.node_log = JsonlWriter(out / "nodes" / f"node_{rank:03d}.jsonl", truncate=not start)
+        self.progress = Progress(run.iterations, initial=start, enabled=run.progress and rank == 0,
+                                 desc=f"{desc} x{world_size}")
+
+    def close(self) -> None:
+        self.progress.close()
+        self.node_log.close()
+        self.node_tb.close()
+        self.global_tb.close()
+        if self.metrics is not None:
+            self.metrics.close()
+
+
+def flat_hparams(config: Config) -> dict[str, Any]:
+    """The config as TensorBoard hyperparameters: dotted keys, scalar values (others as strings)."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(f"{prefix}{key}.", child)
+        else:
+            flat[prefix.rstrip(".")] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk("", config_to_dict(config))
+    return flat

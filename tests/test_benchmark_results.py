@@ -1,0 +1,89 @@
+"""The committed benchmark results carry the summary keys their issues name, and the README quotes them.
+
+A rerun of a benchmark rewrites its result file; these checks then say which README figures to update,
+so the README never shows a number that no committed result file holds.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+README = (REPO / "README.md").read_text()
+
+REQUIRED = {
+    "compress_throughput": ("quant_pack_gbps", "unpack_dequant_gbps", "copy_gbps"),
+    "wallclock": ("time_to_target_s", "speedup_vs_dsgd", "speedup_vs_qdsgd", "speedup_vs_allreduce_sgd",
+                  "speedup_vs_async_dsgd"),
+    "paper_reproduction": ("time_to_target_s", "speedup_vs_dsgd", "speedup_vs_qdsgd", "speedup_vs_async_dsgd"),
+    "ps_compression": ("test_accuracy", "upload_bytes", "wire_bytes", "accuracy_gap_topk_ef",
+                       "byte_reduction_topk_ef"),
+}
+
+
+def summary(name: str) -> dict:
+    return json.loads((RESULTS / f"{name}.json").read_text())["summary"]
+
+
+def quoted(value: float, digits: int, suffix: str = "") -> str:
+    return f"{value:,.{digits}f}{suffix}"
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED))
+def test_result_file_has_the_summary_keys_and_a_plot(name):
+    data = summary(name)
+    missing = [key for key in REQUIRED[name] if key not in data]
+    assert not missing, f"benchmarks/results/{name}.json lacks summary keys {missing}"
+    assert (RESULTS / f"{name}.png").is_file()
+    assert f"benchmarks/{name}.py" in README, f"the README does not show how to rerun {name}"
+
+
+def test_readme_quotes_the_compression_throughput():
+    data = summary("compress_throughput")
+    for bits in ("1", "2", "4", "8"):
+        row = (f"| {bits} | {quoted(data['quant_pack_gbps'][bits], 2)} GB/s | "
+               f"{quoted(data['unpack_dequant_gbps'][bits], 2)} GB/s |")
+        assert row in README, f"README row for {bits} bits should start {row!r}"
+    assert f"{data['copy_gbps']:.1f} GB/s" in README
+
+
+def test_readme_quotes_the_wallclock_speedups():
+    data = summary("wallclock")
+    for other in ("qdsgd", "dsgd", "async_dsgd", "allreduce_sgd"):
+        assert f"(**{data[f'speedup_vs_{other}']:.2f}x**)" in README, f"wallclock speedup vs {other}"
+    assert f"**{data['time_to_target_s']['quantimed']:.1f} s**" in README
+
+
+def test_readme_quotes_the_paper_reproduction():
+    data = summary("paper_reproduction")
+    for other in ("qdsgd", "dsgd", "async_dsgd"):
+        assert f"(**{data[f'speedup_vs_{other}']:.2f}x**)" in README, f"paper reproduction speedup vs {other}"
+    assert f"**{quoted(data['time_to_target_s']['quantimed'], 0)} s**" in README
+    assert f"L\\* = {data['target_loss']:.4f}" in README.replace("L* = ", "L\\* = ")
+
+
+def test_readme_quotes_the_ps_compression_table():
+    data = summary("ps_compression")
+    accuracy = data["test_accuracy"]
+    for method, label in (("dense", "dense AMSGrad (all-reduce)"), ("topk_ef", "TopK 1% + error feedback"),
+                          ("blocksign_ef", "Block-Sign + error feedback")):
+        assert re.search(rf"\| {re.escape(label)} \| {accuracy[method]:.2f}% \|", README), method
+    assert f"{data['byte_reduction_topk_ef']:.1f}× less" in README
+
+
+def test_paper_reproduction_quick_runs_end_to_end(tmp_path, mnist_dir):
+    """The benchmark script itself keeps working (10 nodes, short runs; about a minute)."""
+    command = [sys.executable, str(REPO / "benchmarks" / "paper_reproduction.py"), "--quick", "--out", str(tmp_path),
+               "--cache", str(tmp_path / "cache"), "--data-root", str(mnist_dir)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((tmp_path / "paper_reproduction.json").read_text())
+    assert data["summary"]["time_to_target_s"]["dsgd"] > 0
+    assert (tmp_path / "paper_reproduction.png").is_file()
