@@ -23,6 +23,7 @@ REQUIRED = {
     "wallclock": ("time_to_target_s", "speedup_vs_dsgd", "speedup_vs_qdsgd", "speedup_vs_allreduce_sgd",
                   "speedup_vs_async_dsgd"),
     "paper_reproduction": ("time_to_target_s", "speedup_vs_dsgd", "speedup_vs_qdsgd", "speedup_vs_async_dsgd"),
+    "sim_speed": ("iterations_per_s", "run_s", "vmap_speedup_over_loop"),
     "ps_compression": ("test_accuracy", "upload_bytes", "wire_bytes", "accuracy_gap_topk_ef",
                        "byte_reduction_topk_ef"),
 }
@@ -67,6 +68,15 @@ def test_readme_quotes_the_paper_reproduction():
         assert f"(**{data[f'speedup_vs_{other}']:.2f}x**)" in README, f"paper reproduction speedup vs {other}"
     assert f"**{quoted(data['time_to_target_s']['quantimed'], 0)} s**" in README
     assert f"L\\* = {data['target_loss']:.4f}" in README.replace("L* = ", "L\\* = ")
+
+
+def test_readme_quotes_the_simulator_speed():
+    data = summary("sim_speed")
+    seconds = data["run_s"]
+    for algorithm in ("allreduce_sgd", "async_dsgd", "quantimed"):
+        assert f"take {seconds[algorithm]:.0f} s" in README or f"to {seconds[algorithm]:.0f} s" in README \
+            or f"takes {seconds[algorithm]:.0f} s" in README, algorithm
+    assert f"{data['vmap_speedup_over_loop']:.1f}x faster than with a Python loop" in README
 
 
 def test_readme_quotes_the_ps_compression_table():
