@@ -80,9 +80,12 @@ class Plan:
     quant_eps: tuple[float, ...] = (0.5, 1.0)
     bits: tuple[int, ...] = (2, 3, 4, 6, 8)
     start_bits: int = 4
-    deadlines: tuple[float, ...] = (0.5, 1.0, 2.0)
+    # A first pass over T_d in {0.5, 1, 2} and B in {10, 20, 40} put the best of QuanTimed-DSGD (0.5), Q-DSGD (10)
+    # and async DSGD (40) at an edge of the grid, so every knob got one more value beyond it: T_d = 0.25 s and
+    # B = 5 and 80. The extensions come last in the search order only so that the first pass's runs stay cached.
+    deadlines: tuple[float, ...] = (0.5, 1.0, 2.0, 0.25)
     start_deadline: float = 1.0
-    batches: tuple[int, ...] = (10, 20, 40)  # Q-DSGD and async DSGD (DSGD keeps the paper's B = 20)
+    batches: tuple[int, ...] = (10, 20, 40, 5, 80)  # Q-DSGD and async DSGD (DSGD keeps the paper's B = 20)
     level_iterations: tuple[int, ...] = (100, 200, 350, 500, 700)
 
 
@@ -432,7 +435,7 @@ def main() -> None:
     q_best = best["quantimed"] or best_by_loss(tried["quantimed"])
     limit = bound(budget, tried["quantimed"], target)
     sweep_specs = [(knob, value) for knob in ("deadline", "bits") for value in
-                   (plan.deadlines if knob == "deadline" else plan.bits)]
+                   sorted(plan.deadlines if knob == "deadline" else plan.bits)]
     jobs = [(plan, data_root, cache, started, f"quantimed-{knob}", "quantimed", {**q_best.settings, knob: value},
              limit, target) for knob, value in sweep_specs]
     sweep_runs = in_pool(_run_worker, jobs, args.jobs)
