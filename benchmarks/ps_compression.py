@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from _common import find_mnist  # noqa: E402
 from qtd.comm import ring_allgather_bytes, ring_allreduce_bytes  # noqa: E402
 from qtd.config import load_config  # noqa: E402
 from qtd.metrics import read_jsonl  # noqa: E402
@@ -54,18 +55,6 @@ METHODS = {  # label -> overrides
 }
 LABELS = {"dense": "dense AMSGrad (all-reduce)", "topk_ef": "TopK 1% + EF",
           "topk_ef_fp16": "TopK 1% + EF, fp16 values", "topk": "TopK 1%, no EF", "blocksign_ef": "Block-Sign + EF"}
-
-
-def find_mnist(explicit: str | None) -> Path:
-    candidates = [Path(explicit)] if explicit else []
-    if os.environ.get("QTD_MNIST_DIR"):
-        candidates.append(Path(os.environ["QTD_MNIST_DIR"]))
-    candidates += [REPO.parent / "shared" / "data" / "mnist", Path("/work/shared/data/mnist")]
-    for path in candidates:
-        if (path / "t10k-images-idx3-ubyte.gz").is_file() or (path / "t10k-images-idx3-ubyte").is_file():
-            return path.resolve()
-    sys.exit("ps_compression: MNIST IDX files not found in " + ", ".join(map(str, candidates))
-             + "; pass --data-root DIR")
 
 
 def initial_params(overrides: list[str]):
@@ -181,7 +170,7 @@ def main() -> None:
     iterations = 12 if args.quick else round(args.epochs * steps_per_epoch)
     eval_every = 4 if args.quick else max(1, round(steps_per_epoch / 2))
     common = [f"topology.nodes={WORKERS}", f"ps.batch_size={BATCH}", f"run.iterations={iterations}",
-              f"run.eval_every={eval_every}", f"data.root={find_mnist(args.data_root)}", "run.progress=false",
+              f"run.eval_every={eval_every}", f"data.root={find_mnist(args.data_root, NAME)}", "run.progress=false",
               "run.resume=never", "run.seed=0", "comm.timeout_s=300"]
     chosen = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(chosen) - set(METHODS))

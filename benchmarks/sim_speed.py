@@ -35,18 +35,12 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
+from _common import find_mnist  # noqa: E402
 from qtd.config import load_config  # noqa: E402
 from qtd.engine.sim import Simulation  # noqa: E402
 
 NAME = "sim_speed"
 METHODS = ("quantimed", "qdsgd", "dsgd", "allreduce_sgd", "async_dsgd")
-
-
-def find_mnist(explicit: str | None) -> Path:
-    for path in ([Path(explicit)] if explicit else []) + [REPO.parent / "shared" / "data" / "mnist"]:
-        if (path / "t10k-images-idx3-ubyte.gz").is_file() or (path / "t10k-images-idx3-ubyte").is_file():
-            return path.resolve()
-    sys.exit(f"{NAME}: MNIST IDX files not found; pass --data-root DIR")
 
 
 def measure(algorithm: str, iterations: int, data_root: Path, gradient_mode: str = "auto") -> dict:
@@ -98,7 +92,7 @@ def main() -> None:
     torch.set_num_threads(1)
     iterations = 50 if args.quick else 1000
     loop_iterations = 20 if args.quick else 200
-    data_root = find_mnist(args.data_root)
+    data_root = find_mnist(args.data_root, NAME)
     rows = [measure(a, iterations, data_root) for a in METHODS]
     rows.append(measure("quantimed", loop_iterations, data_root, gradient_mode="loop"))
 
