@@ -14,16 +14,22 @@ from qtd.engine.problem import build_problem, make_gradient_step
 from qtd.topology import build_topology
 
 
+def reference_nodes(config: Config):
+    """The n nodes of a single-process reference, built as real runs build them: the topology, each
+    node's flat model, sampler and gradient step (on the CPU)."""
+    n, seed, cpu = config.topology.nodes, config.run.seed, torch.device("cpu")
+    problem = build_problem(config)
+    flats = [problem.new_flat_model(cpu) for _ in range(n)]
+    samplers = [problem.node_sampler(i, seed) for i in range(n)]
+    steps = [make_gradient_step(flats[i], samplers[i], cpu) for i in range(n)]
+    return build_topology(config.topology), flats, steps
+
+
 def reference_models(config: Config, iterations: int, samples: list[list[int]] | None = None) -> list[torch.Tensor]:
     """Each node's flat model after ``iterations`` steps. ``samples[i][t]``: node i's sample count at
     iteration t (deadline runs), computed in micro-batches of algorithm.micro_batch_size."""
     n, algo, seed = config.topology.nodes, config.algorithm, config.run.seed
-    cpu = torch.device("cpu")
-    problem = build_problem(config)
-    topology = build_topology(config.topology)
-    flats = [problem.new_flat_model(cpu) for _ in range(n)]
-    samplers = [problem.node_sampler(i, seed) for i in range(n)]
-    steps = [make_gradient_step(flats[i], samplers[i], cpu) for i in range(n)]
+    topology, flats, steps = reference_nodes(config)
     sizes = step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations)
     bits = config.compression.bits
     for t in range(iterations):

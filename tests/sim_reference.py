@@ -14,8 +14,8 @@ from qtd.algorithms import async_dsgd_update, step_sizes
 from qtd.compress import decode_message, encode_message
 from qtd.config import Config
 from qtd.deadline import SpeedModel
-from qtd.engine.problem import build_problem, make_gradient_step
-from qtd.topology import build_topology
+
+from tests.reference import reference_nodes
 
 
 def expected_events(config: Config, steps: int) -> list[tuple[float, int]]:
@@ -36,12 +36,7 @@ def expected_events(config: Config, steps: int) -> list[tuple[float, int]]:
 
 def reference_async_models(config: Config, events: list[tuple[float, int]]) -> list[torch.Tensor]:
     n, seed, bits = config.topology.nodes, config.run.seed, config.compression.bits
-    cpu = torch.device("cpu")
-    problem = build_problem(config)
-    topology = build_topology(config.topology)
-    flats = [problem.new_flat_model(cpu) for _ in range(n)]
-    samplers = [problem.node_sampler(i, seed) for i in range(n)]
-    steps = [make_gradient_step(flats[i], samplers[i], cpu) for i in range(n)]
+    topology, flats, steps = reference_nodes(config)
     alpha = step_sizes(config.algorithm.schedule, config.algorithm.alpha, config.algorithm.eps,
                        config.run.iterations).alpha
     held = [f.params.detach().clone() for f in flats]
