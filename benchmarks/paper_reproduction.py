@@ -57,7 +57,7 @@ import torch  # noqa: E402
 
 from _common import find_mnist  # noqa: E402
 from qtd.config import load_config  # noqa: E402
-from qtd.engine.sim import Simulation  # noqa: E402
+from qtd.sim import Simulation  # noqa: E402
 
 NAME = "paper_reproduction"
 BASE_CONFIG = REPO / "configs" / "paper" / "quantimed.yaml"

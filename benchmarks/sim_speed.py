@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from _common import find_mnist  # noqa: E402
 from qtd.config import load_config  # noqa: E402
-from qtd.engine.sim import Simulation  # noqa: E402
+from qtd.sim import Simulation  # noqa: E402
 
 NAME = "sim_speed"
 METHODS = ("quantimed", "qdsgd", "dsgd", "allreduce_sgd", "async_dsgd")

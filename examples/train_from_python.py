@@ -22,7 +22,7 @@ def main() -> None:
         if summary is not None:
             print(f"accuracy {summary['eval_accuracy']:.3f} after {summary['iterations']} iterations")
     finally:
-        close_world()
+        close_world(world)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ def train_command(config_path: str, overrides: Sequence[str]) -> int:
         os._exit(2)
     except KeyboardInterrupt:  # Ctrl-C reaches every node; the launcher says so once
         os._exit(130)
-    close_world()
+    close_world(world)
     return 0
 
 

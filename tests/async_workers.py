@@ -63,7 +63,7 @@ def channel_worker(rank: int, world_size: int, args: dict, out_path: str) -> Non
                 "sent": dict(channel.sent.per_edge), "received": dict(channel.received.per_edge),
                 "wire_nbytes": channel.wire_nbytes, "close_s": close_s, "neighbours": neighbours,
                 "delay_s": link.delay_s(channel.wire_nbytes)}, out_path)
-    close_world()
+    close_world(world)
 
 
 def channel_victim_worker(rank: int, world_size: int, args: dict, out_path: str) -> None:

@@ -17,7 +17,8 @@ from qtd.compress import (ErrorFeedback, blocksign_compress, blocksign_decompres
                           topk_decompress)
 from qtd.config import Config
 from qtd.engine.problem import build_problem, make_gradient_step
-from qtd.engine.ps_step import topk_count
+from qtd.engine.problem import module_seed
+from qtd.engine.steps.ps import topk_count
 
 
 @dataclass
@@ -40,7 +41,7 @@ def reference_ps(config: Config, iterations: int) -> ReferenceRun:
         steps = [make_gradient_step(flat, samplers[i], cpu) for i in range(n)]
         rngs = []
         for i in range(n):
-            torch.manual_seed(seed * 7919 + i)
+            torch.manual_seed(module_seed(seed, i))
             rngs.append(torch.get_rng_state())
         blocks = [size for _, _, size in flat.named_slices()]
         k = topk_count(ps.k_ratio, flat.numel)

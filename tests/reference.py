@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from qtd.algorithms import dsgd_update, quantimed_update, sgd_update, step_sizes
+from qtd.algorithms import Runner, get_spec
 from qtd.compress import decode_message, encode_message
 from qtd.config import Config
 from qtd.engine.problem import build_problem, make_gradient_step
@@ -30,7 +30,8 @@ def reference_models(config: Config, iterations: int, samples: list[list[int]] |
     iteration t (deadline runs), computed in micro-batches of algorithm.micro_batch_size."""
     n, algo, seed = config.topology.nodes, config.algorithm, config.run.seed
     topology, flats, steps = reference_nodes(config)
-    sizes = step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations)
+    spec = get_spec(algo.name)
+    sizes = spec.step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations)
     bits = config.compression.bits
     for t in range(iterations):
         messages = [encode_message(flats[i].params.detach(), bits, i, t, seed=seed) for i in range(n)]
@@ -44,9 +45,9 @@ def reference_models(config: Config, iterations: int, samples: list[list[int]] |
                 done += k
             if count:
                 flats[i].grads.div_(count)
-        if algo.name == "allreduce_sgd":
+        if spec.runner is Runner.COLLECTIVE:
             mean_grad = torch.stack([f.grads for f in flats]).mean(dim=0)
-            new = [sgd_update(f.params.detach(), mean_grad, sizes.alpha) for f in flats]
+            new = [spec.update(f.params.detach(), None, None, mean_grad, sizes) for f in flats]
         else:
             new = []
             for i in range(n):
@@ -54,11 +55,7 @@ def reference_models(config: Config, iterations: int, samples: list[list[int]] |
                 mixed = torch.zeros(flats[i].numel)
                 for j, w in zip(view.neighbours, view.neighbour_weights):
                     mixed.add_(decode_message(messages[j])[1], alpha=w)
-                x, g = flats[i].params.detach(), flats[i].grads
-                if algo.name == "dsgd":
-                    new.append(dsgd_update(x, mixed, view.self_weight, g, sizes.alpha))
-                else:
-                    new.append(quantimed_update(x, mixed, view.self_weight, g, sizes.alpha, sizes.eps))
+                new.append(spec.update(flats[i].params.detach(), mixed, view.self_weight, flats[i].grads, sizes))
         with torch.no_grad():
             for f, x in zip(flats, new):
                 f.params.copy_(x)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from qtd.algorithms import async_dsgd_update, step_sizes
+from qtd.algorithms import get_spec
 from qtd.compress import decode_message, encode_message
 from qtd.config import Config
 from qtd.deadline import SpeedModel
@@ -37,8 +37,8 @@ def expected_events(config: Config, steps: int) -> list[tuple[float, int]]:
 def reference_async_models(config: Config, events: list[tuple[float, int]]) -> list[torch.Tensor]:
     n, seed, bits = config.topology.nodes, config.run.seed, config.compression.bits
     topology, flats, steps = reference_nodes(config)
-    alpha = step_sizes(config.algorithm.schedule, config.algorithm.alpha, config.algorithm.eps,
-                       config.run.iterations).alpha
+    algo, spec = config.algorithm, get_spec(config.algorithm.name)
+    sizes = spec.step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations)
     held = [f.params.detach().clone() for f in flats]
     done = [0] * n
     batch = config.algorithm.batch_size
@@ -52,7 +52,8 @@ def reference_async_models(config: Config, events: list[tuple[float, int]]) -> l
         for neighbour, weight in zip(view.neighbours, view.neighbour_weights):
             mixed.add_(held[neighbour], alpha=weight)
         with torch.no_grad():
-            flat.params.copy_(async_dsgd_update(flat.params.detach(), mixed, view.self_weight, flat.grads, alpha))
-        held[j] = decode_message(encode_message(flat.params.detach(), bits, j, done[j], seed=seed))[1]
+            flat.params.copy_(spec.update(flat.params.detach(), mixed, view.self_weight, flat.grads, sizes))
+        # the message of model version done[j] + 1: a real node numbers (and keys) its models from 1
+        held[j] = decode_message(encode_message(flat.params.detach(), bits, j, done[j] + 1, seed=seed))[1]
         done[j] += 1
     return [f.params.detach().clone() for f in flats]

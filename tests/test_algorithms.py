@@ -14,7 +14,7 @@ def test_quantimed_update_matches_hand_computation():
     z1, z2 = torch.tensor([3.0, 0.0]), torch.tensor([-1.0, 4.0])
     g = torch.tensor([0.5, 1.0])
     w_self, w1, w2, alpha, eps = 0.5, 0.25, 0.25, 0.2, 0.1
-    mixed = mix_neighbours([z1, z2], [w1, w2])
+    mixed = mix_neighbours([(z1, w1), (z2, w2)], out=torch.empty(2))
     new = quantimed_update(x, mixed, w_self, g, alpha, eps)
     # (1 - eps + eps*w_ii) * x + eps * sum w_ij z_j - alpha*eps*g, by hand:
     # coordinate 0: 0.95*1 + 0.1*(0.75 - 0.25) - 0.02*0.5 = 0.95 + 0.05 - 0.01 = 0.99
@@ -24,7 +24,7 @@ def test_quantimed_update_matches_hand_computation():
 
 def test_dsgd_update_matches_hand_computation():
     x = torch.tensor([2.0])
-    mixed = mix_neighbours([torch.tensor([4.0]), torch.tensor([0.0])], [0.3, 0.3])
+    mixed = mix_neighbours([(torch.tensor([4.0]), 0.3), (torch.tensor([0.0]), 0.3)], out=torch.empty(1))
     assert_close(dsgd_update(x, mixed, 0.4, torch.tensor([1.0]), 0.5), torch.tensor([0.8 + 1.2 - 0.5]))
 
 
@@ -38,7 +38,7 @@ def test_stacked_update_equals_per_node_updates():
     stacked = quantimed_update(x, off_diagonal @ z, torch.diag(w), g, 0.1, 0.3)
     for i in range(n):
         neighbours = [j for j in range(n) if j != i and w[i, j] > 0]
-        mixed = mix_neighbours([z[j] for j in neighbours], [float(w[i, j]) for j in neighbours])
+        mixed = mix_neighbours([(z[j], float(w[i, j])) for j in neighbours], out=torch.empty(p))
         assert_close(stacked[i], quantimed_update(x[i], mixed, float(w[i, i]), g[i], 0.1, 0.3))
 
 

@@ -190,12 +190,12 @@ def test_out_of_range_values_each_name_their_key():
 
 def test_the_largest_allowed_seed_works_where_seeds_are_used():
     """The seed bound exists because the engine scales and offsets seeds; at the bound they still work."""
-    from qtd.engine.problem import build_problem
+    from qtd.engine.problem import build_problem, module_seed
     config = load_config(QUICKSTART, [f"run.seed={MAX_SEED}", "data.name=synthetic", "topology.nodes=4",
                                       f"topology.seed={MAX_SEED}", "topology.kind=erdos_renyi"])
     problem = build_problem(config)
     problem.node_sampler(3, config.run.seed).sample(4)
-    torch.manual_seed(config.run.seed * 7919 + 3)
+    torch.manual_seed(module_seed(config.run.seed, 3))
     build_topology(config.topology)
 
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qtd.config import DataConfig
-from qtd.data import (ArrayDataset, DatasetSplits, NodeSampler, evaluation_set, load_dataset, partition,
+from qtd.data import (ArrayDataset, DatasetSplits, NodeSampler, load_dataset, partition,
                       read_idx, write_idx)
 from qtd.errors import CheckpointError, DataError
 
@@ -134,13 +134,22 @@ def test_digits_split_is_seeded_and_eval_on_train_keeps_everything():
     assert len(everything.train) == 1797 and everything.test is everything.train
 
 
-def test_evaluation_set_follows_eval_on_and_eval_samples():
-    splits = load_dataset(DataConfig(), seed=0)
-    assert evaluation_set(splits, "test") is splits.test
-    assert evaluation_set(splits, "train") is splits.train
-    subset = evaluation_set(splits, "train", eval_samples=100, seed=4)
-    assert len(subset) == 100
-    assert torch.equal(subset.x, evaluation_set(splits, "train", eval_samples=100, seed=4).x)
+def test_the_evaluated_samples_follow_eval_on_and_eval_samples_and_span_every_node():
+    from qtd.config import Config, DataConfig as Data, TopologyConfig
+    from qtd.engine.problem import build_problem
+
+    def problem(**data):
+        return build_problem(Config(topology=TopologyConfig(nodes=4), data=Data(**data)))
+
+    assert torch.equal(problem().eval_indices, torch.arange(len(problem().eval_set)))
+    train = problem(eval_on="train", samples_per_node=100)
+    assert train.eval_set is train.splits.train and torch.equal(train.eval_indices, torch.cat(train.parts))
+    subset = problem(eval_on="train", samples_per_node=100, eval_samples=100).eval_indices
+    assert len(subset) == 100 and torch.equal(subset, problem(eval_on="train", samples_per_node=100,
+                                                                  eval_samples=100).eval_indices)
+    owners = {node for node, part in enumerate(train.parts) for i in subset.tolist() if i in set(part.tolist())}
+    assert owners == {0, 1, 2, 3}  # a seeded subset of every node's samples, not node 0's first 100
+    assert len(set(subset.tolist())) == 100
 
 
 # ---------------------------------------------------------------------------------------------- synthetic

@@ -12,7 +12,8 @@ from qtd.compress import (GRAD_HEADER_BYTES, BlockSignCodec, Sparse, TopKCodec, 
                           encode_topk_message, index_bits, pack_bits, pack_uints, sign_message_nbytes,
                           topk_compress, topk_message_nbytes, unpack_uints)
 from qtd.config import PSConfig, load_config
-from qtd.engine.ps_step import _hash_weights, algorithm_name, state_hash, topk_count
+from qtd.algorithms import ps_algorithm_name
+from qtd.engine.steps.ps import _hash_weights, state_hash, topk_count
 from qtd.errors import ConfigError, WireFormatError
 
 
@@ -169,9 +170,9 @@ def test_traffic_formulas_and_names():
     assert ring_allgather_bytes(100, 8) == 700 and ring_allgather_bytes(100, 1) == 0
     assert ring_allreduce_bytes(800, 8) == 1400
     assert topk_count(0.01, 1_199_882) == 11999 and topk_count(1e-9, 10) == 1 and topk_count(1.0, 10) == 10
-    assert algorithm_name(PSConfig(compressor="none")) == "amsgrad_dense"
-    assert algorithm_name(PSConfig(compressor="topk", error_feedback=False)) == "amsgrad_topk"
-    assert algorithm_name(PSConfig(compressor="blocksign")) == "amsgrad_blocksign_ef"
+    assert ps_algorithm_name("none", True) == "amsgrad_dense"
+    assert ps_algorithm_name("topk", False) == "amsgrad_topk"
+    assert ps_algorithm_name("blocksign", True) == "amsgrad_blocksign_ef"
 
 
 @pytest.mark.parametrize("override, message", [

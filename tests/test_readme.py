@@ -36,3 +36,9 @@ def test_qtd_bench_names_the_available_benchmarks_on_a_typo():
     result = run_qtd(["bench", "wallclok"], timeout=60)
     assert result.returncode == 2
     assert "no benchmark named 'wallclok'" in result.stderr and "wallclock" in result.stderr
+
+
+def test_the_algorithm_table_lists_exactly_the_registry():
+    from qtd.algorithms import NAMES
+    table = README.split("| name | each iteration, at node i |", 1)[1].split("\n\n", 1)[0]
+    assert re.findall(r"^\| `([a-z_]+)` \|", table, re.M) == list(NAMES)

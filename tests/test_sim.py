@@ -11,9 +11,9 @@ from torch.testing import assert_close
 from qtd.compress import decode_message, encode_message
 from qtd.config import load_config
 from qtd.deadline import SpeedModel
-from qtd.engine.sim import simulate
-from qtd.engine.sim_grads import LoopGradients, StackedGradients, micro_batches
-from qtd.engine.sim_messages import MessageCodec
+from qtd.sim import simulate
+from qtd.sim.messages import MessageCodec
+from qtd.sim.stack import LoopGradients, StackedGradients, micro_batches
 from qtd.metrics import read_jsonl
 from tests.harness import REPO, run_qtd
 from tests.sim_reference import expected_events, reference_async_models
@@ -116,21 +116,40 @@ def test_deadline_bound_nodes_compute_floor_of_speed_times_deadline(tmp_path):
                                                       for r in expected]
 
 
-def test_async_events_are_processed_in_virtual_time_order_with_the_newest_models(tmp_path):
-    # paces B/V + T_c: 8/8 + 0.5 = 1.5, 8/16 + 0.5 = 1.0, 8/32 + 0.5 = 0.75, 1.5 (exact in binary)
-    config = small_config(tmp_path, "algorithm.name=async_dsgd", "compression.bits=16", "run.iterations=5",
+@pytest.mark.parametrize("bits", [16, 4])
+def test_async_events_are_processed_in_virtual_time_order_with_the_newest_models(tmp_path, bits):
+    """With quantized messages the reference also checks the noise keys: a node's k-th model is sent as
+    version k + 1, keyed as the real engine keys it (the simulator once used k)."""
+    # paces B/V + T_c * s/16 (16 bits: 8/8 + 0.5 = 1.5, 8/16 + 0.5 = 1.0, 8/32 + 0.5 = 0.75, 1.5; exact in binary)
+    config = small_config(tmp_path, "algorithm.name=async_dsgd", f"compression.bits={bits}", "run.iterations=5",
                           "emulation.comm_time_s=0.5", "algorithm.overlap=false", "algorithm.schedule=constant",
                           "algorithm.alpha=0.1",
                           "algorithm.eps=1.0", *fixed_speeds([8.0, 16.0, 32.0, 8.0]))
     result = simulate(config, write=False)
-    assert result.events == [(0.75, 2), (1.0, 1), (1.5, 0), (1.5, 2), (1.5, 3), (2.0, 1), (2.25, 2), (3.0, 0),
-                             (3.0, 1), (3.0, 2), (3.0, 3), (3.75, 2), (4.0, 1), (4.5, 0), (4.5, 2), (4.5, 3),
-                             (5.0, 1), (5.25, 2), (6.0, 0), (6.0, 1)]
     assert result.events == expected_events(config, 20)
-    assert result.summary["iterations_per_node"] == [4, 6, 7, 3]
-    assert result.rows[-1]["time_s"] == 6.0
+    if bits == 16:
+        assert result.events == [(0.75, 2), (1.0, 1), (1.5, 0), (1.5, 2), (1.5, 3), (2.0, 1), (2.25, 2), (3.0, 0),
+                                 (3.0, 1), (3.0, 2), (3.0, 3), (3.75, 2), (4.0, 1), (4.5, 0), (4.5, 2), (4.5, 3),
+                                 (5.0, 1), (5.25, 2), (6.0, 0), (6.0, 1)]
+        assert result.summary["iterations_per_node"] == [4, 6, 7, 3]
+        assert result.rows[-1]["time_s"] == 6.0
     for got, want in zip(result.models, reference_async_models(config, result.events)):
         assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_algorithms_without_a_consensus_step_ignore_eps_in_the_simulator_as_in_real_runs(tmp_path):
+    """algorithm.eps is QuanTimed's consensus step; DSGD has none, so eps 12 with schedule=constant (the
+    quickstart's value) must not stop a DSGD simulation (it once did, while real runs ignored it)."""
+    from qtd.algorithms import get_spec
+    config = small_config(tmp_path, "algorithm.name=dsgd", "compression.bits=16", "algorithm.schedule=constant",
+                          "run.iterations=3")
+    assert config.algorithm.eps == 12.0
+    result = simulate(config, write=False)
+    assert result.summary["iterations"] == 3 and "eps" not in result.summary
+    assert get_spec("dsgd").step_sizes("constant", 0.5, 12.0, 3).eps == 1.0
+    assert get_spec("async_dsgd").step_sizes("constant", 0.5, 12.0, 3).eps == 1.0
+    with pytest.raises(Exception, match="algorithm.eps"):  # where eps is used, it is still checked
+        get_spec("qdsgd").step_sizes("constant", 0.5, 12.0, 3)
 
 
 def test_async_with_uniform_speeds_keeps_every_nodes_own_pace(tmp_path):

@@ -35,7 +35,7 @@ def exchange_worker(rank: int, world_size: int, args: dict, out_path: str) -> No
     elapsed = time.monotonic() - started
     torch.save({"received": received, "sent_per_edge": exchange.sent.per_edge, "elapsed": elapsed,
                 "neighbours": list(view.neighbours)}, out_path)
-    close_world()
+    close_world(world)
 
 
 def failing_peer_worker(rank: int, world_size: int, args: dict, out_path: str) -> None:
@@ -79,8 +79,9 @@ def ps_worker(rank: int, world_size: int, args: dict, out_path: str) -> None:
     """
     from qtd.comm import close_world, init_world
     from qtd.config import load_config
-    from qtd.engine.problem import build_problem
-    from qtd.engine.ps import build_ps_step
+    from qtd.algorithms import AMSGRAD_PS
+    from qtd.engine.parts import build_parts
+    from qtd.engine.steps import build_step
     from qtd.errors import ReplicaDriftError
 
     world = init_world("gloo", timeout_s=60)
@@ -88,10 +89,8 @@ def ps_worker(rank: int, world_size: int, args: dict, out_path: str) -> None:
     step = flat = None
     for name, overrides in args["cases"].items():
         config = load_config(args["config"], overrides)
-        problem = build_problem(config)
-        flat = problem.new_flat_model(world.device)
-        step = build_ps_step(config, world, flat, problem.node_sampler(rank, config.run.seed))
-        torch.manual_seed(config.run.seed * 7919 + rank)
+        parts = build_parts(config, world, AMSGRAD_PS)  # seeds this node's module randomness, as a run does
+        flat, step = parts.flat, build_step(parts)
         grad_sum = torch.zeros(flat.numel, dtype=torch.float64)
         sent_sum = torch.zeros(flat.numel, dtype=torch.float64)
         trajectory = []
@@ -122,4 +121,4 @@ def ps_worker(rank: int, world_size: int, args: dict, out_path: str) -> None:
             tensor.copy_(saved)
     step.check_replicas(100)  # back in sync
     torch.save(results, out_path)
-    close_world()
+    close_world(world)

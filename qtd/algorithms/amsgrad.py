@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # tensor methods only at run time: importing this module does not load torch
+    from torch import Tensor
 
 
 @dataclass
@@ -19,7 +20,7 @@ class AMSGradState:
 
     @classmethod
     def zeros_like(cls, theta: Tensor) -> "AMSGradState":
-        return cls(m=torch.zeros_like(theta), v=torch.zeros_like(theta), v_hat=torch.zeros_like(theta))
+        return cls(m=theta.new_zeros(theta.shape), v=theta.new_zeros(theta.shape), v_hat=theta.new_zeros(theta.shape))
 
 
 def amsgrad_step(theta: Tensor, grad: Tensor, state: AMSGradState, lr: float, beta1: float = 0.9,
@@ -28,7 +29,7 @@ def amsgrad_step(theta: Tensor, grad: Tensor, state: AMSGradState, lr: float, be
     theta <- theta - lr * m / sqrt(v_hat + eps)."""
     state.m.mul_(beta1).add_(grad, alpha=1 - beta1)
     state.v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-    torch.maximum(state.v_hat, state.v, out=state.v_hat)
+    state.v_hat.copy_(state.v_hat.maximum(state.v))
     theta.addcdiv_(state.m, (state.v_hat + eps).sqrt(), value=-lr)
     state.step += 1
 

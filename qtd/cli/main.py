@@ -49,7 +49,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         from ..train import train_command
         return train_command(args.config, args.overrides)
     if args.command == "sim":
-        from ..engine.sim_cli import sim_command
+        from ..sim.cli import sim_command
         return sim_command(args.config, args.overrides)
     if args.command == "topology":
         from ..topology.cli import topology_command

@@ -1,10 +1,11 @@
 """The only package that calls torch.distributed: process group, neighbour exchange, collectives."""
 
-from .async_channel import Arrival, AsyncNeighbourChannel
+from .async_channel import AsyncNeighbourChannel
+from .async_message import Arrival
 from .exchange import ByteCounter, NeighbourExchange, PendingExchange
 from .group import (World, all_gather_bytes, all_reduce_sum, barrier, broadcast, choose_backend,
                     close_world, init_world, wait_works)
-from .links import LinkModel, ring_allgather_bytes, ring_allreduce_bytes
+from ..costs import LinkModel, ring_allgather_bytes, ring_allreduce_bytes
 
 __all__ = [
     "Arrival", "AsyncNeighbourChannel", "ByteCounter", "LinkModel", "NeighbourExchange", "PendingExchange", "World",

@@ -30,7 +30,6 @@ Not a collective, except its constructor when it creates that group (every rank 
 from __future__ import annotations
 
 import datetime
-import struct
 import threading
 import time
 from collections import deque
@@ -40,33 +39,14 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from ..costs import LinkModel
 from ..errors import PeerError
+from .async_message import FLAG_FINAL, TRAILER_BYTES, Arrival, pack_trailer, read_trailer
 from .exchange import ByteCounter
 from .group import World, _short
-from .links import LinkModel
 
-TRAILER_FORMAT = "<qqqdd"  # version, newest version at posting, flags, produced_at, available_at
-TRAILER_BYTES = struct.calcsize(TRAILER_FORMAT)
-FLAG_FINAL = 1
 _TAG = 0x51D  # distinct from anything else posted on the group
 _ECHO_GRACE_S = 1.0
-
-
-@dataclass(frozen=True)
-class Arrival:
-    """The newest usable model from one neighbour, as returned by :meth:`AsyncNeighbourChannel.poll`.
-
-    ``message`` (CPU uint8, the encoded model without the trailer) stays valid until the next poll.
-    """
-
-    peer: int
-    message: torch.Tensor
-    version: int  # the sender's iteration count when it produced this model
-    newest_known: int  # the newest version of this peer this node has heard of (>= version)
-    produced_at: float  # wall-clock time (time.time()) the sender handed the model to its channel
-    available_at: float  # when it became usable here (emulated links), else its arrival time
-    final: bool  # the peer's last model: it has stopped
-    skipped: int  # usable models from this peer superseded before being used
 
 
 @dataclass
@@ -217,10 +197,6 @@ class AsyncNeighbourChannel:
                 peer.recv_cond.notify()
         return arrivals
 
-    @property
-    def newest_version(self) -> int:
-        return self._newest_version
-
     def peers_finished(self) -> list[int]:
         """Neighbours whose final model has arrived."""
         with self._lock:
@@ -338,8 +314,7 @@ class AsyncNeighbourChannel:
                 self._fail(peer, "receive from", exc)
                 return
             arrived = time.time()
-            version, newest, flags, produced_at, available_at = struct.unpack(
-                TRAILER_FORMAT, buffer[self.message_nbytes:].numpy().tobytes())
+            version, newest, flags, produced_at, available_at = read_trailer(buffer[self.message_nbytes:])
             with self._lock:
                 self.received.add(peer.rank, self.wire_nbytes)
                 peer.newest_known = max(peer.newest_known, newest, version)
@@ -391,8 +366,7 @@ class AsyncNeighbourChannel:
             peer.link_free_at = depart + (self.link.delay_s(self.wire_nbytes) - self.link.latency_s)
             available_at = peer.link_free_at + self.link.latency_s
         flags = FLAG_FINAL if pending.final else 0
-        trailer = struct.pack(TRAILER_FORMAT, pending.version, self._newest_version, flags, pending.produced_at,
-                              available_at)
+        trailer = pack_trailer(pending.version, self._newest_version, flags, pending.produced_at, available_at)
         pending.buffer[self.message_nbytes:].copy_(torch.frombuffer(bytearray(trailer), dtype=torch.uint8))
         try:
             work = dist.isend(pending.buffer, dst=peer.rank, group=self._group, tag=_TAG)

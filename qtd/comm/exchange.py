@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from ..errors import PeerError
 from .group import World, _short, wait_works
-from .links import LinkModel
+from ..costs import LinkModel
 
 _STAMP_BYTES = 8  # float64 send time, appended only when links are emulated; not part of the message
 
@@ -99,7 +99,7 @@ class NeighbourExchange:
         """Block (at most comm.timeout_s) until every message arrived and every send finished; with
         emulated links, also until each message's emulated arrival time. Returns neighbour -> message."""
         started = time.monotonic()
-        wait_works(pending.works, self.world.timeout_s,
+        wait_works(pending.works, self.world,
                    f"neighbour exchange at iteration {pending.iteration} on node {self.world.rank}")
         if self.link:
             delay = self.link.delay_s(self.message_nbytes)

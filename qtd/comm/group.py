@@ -9,7 +9,7 @@ import datetime
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -22,7 +22,8 @@ from .liveness import Heartbeat
 
 @dataclass(frozen=True)
 class World:
-    """This process's place in the run: its rank (= graph node), the world size, device and backend."""
+    """This process's place in the run: its rank (= graph node), the world size, device and backend, and
+    the heartbeat that names a dead peer after a failure (None in a world of one, or when not started)."""
 
     rank: int
     size: int
@@ -30,6 +31,12 @@ class World:
     device: torch.device
     backend: str
     timeout_s: float
+    heartbeat: Heartbeat | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def polls(self) -> bool:
+        """NCCL works are polled (their ``wait`` only orders streams); gloo works block in ``wait(timeout)``."""
+        return self.backend == "nccl"
 
 
 def choose_backend(requested: str) -> tuple[str, torch.device]:
@@ -63,43 +70,37 @@ def init_world(backend: str = "auto", timeout_s: float = 60.0) -> World:
         except (RuntimeError, ValueError) as exc:  # DistError and friends: a peer left or never came
             raise PeerError(f"joining the process group ({backend}) failed: {_short(exc)}; another node "
                             "probably stopped first (see its message) or could not be reached") from None
-    global _BACKEND_POLLS, _HEARTBEAT
-    _BACKEND_POLLS = backend == "nccl"
-    if _HEARTBEAT is None and dist.get_world_size() > 1:
-        _HEARTBEAT = Heartbeat(dist.get_rank(), dist.get_world_size())
+    heartbeat = Heartbeat(dist.get_rank(), dist.get_world_size()) if dist.get_world_size() > 1 else None
     return World(rank=dist.get_rank(), size=dist.get_world_size(),
                  local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device, backend=backend,
-                 timeout_s=timeout_s)
+                 timeout_s=timeout_s, heartbeat=heartbeat)
 
 
-def close_world() -> None:
-    global _HEARTBEAT
-    if _HEARTBEAT is not None:
-        _HEARTBEAT.stop()
-        _HEARTBEAT = None
+def close_world(world: World | None) -> None:
+    """Stop the world's heartbeat and leave the process group (``destroy_process_group``)."""
+    if world is not None and world.heartbeat is not None:
+        world.heartbeat.stop()
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-_HEARTBEAT: Heartbeat | None = None
-
-
-def peer_failure(what: str, peer: str, exc: BaseException) -> PeerError:
+def peer_failure(world: World, what: str, peer: str, exc: BaseException) -> PeerError:
     """The error for a peer whose connection broke, naming the node that died where heartbeats tell."""
-    silent = _HEARTBEAT.silent_nodes() if _HEARTBEAT is not None else ""
+    silent = world.heartbeat.silent_nodes() if world.heartbeat is not None else ""
     if silent:
         return PeerError(f"{what}: {silent}; check that node's log ({_short(exc)})")
     return PeerError(f"{what}: {peer} failed ({_short(exc)}); it probably crashed or was killed, check its log")
 
 
-def wait_works(works: Sequence[tuple[object, str]], timeout_s: float, what: str) -> None:
-    """Wait for every (work, peer description) pair, at most ``timeout_s`` seconds in all.
+def wait_works(works: Sequence[tuple[object, str]], world: World, what: str) -> None:
+    """Wait for every (work, peer description) pair, at most ``world.timeout_s`` seconds in all.
 
     A stalled peer ends in a PeerError that names it, not a hang; a peer that died surfaces as the
     backend's error, also turned into a PeerError naming it. Gloo's point-to-point works only complete
     inside ``wait``, so they are waited on with the remaining time; CUDA (NCCL) works are polled, since
     their ``wait`` only orders streams and does not block the host.
     """
+    timeout_s = world.timeout_s
     deadline = time.monotonic() + timeout_s
     pending = list(works)
     pause = 2e-5
@@ -108,7 +109,7 @@ def wait_works(works: Sequence[tuple[object, str]], timeout_s: float, what: str)
         for work, peer in pending:
             remaining = deadline - time.monotonic()
             try:
-                if _polled(work):
+                if world.polls:
                     if not work.is_completed():
                         still.append((work, peer))
                         continue
@@ -121,7 +122,7 @@ def wait_works(works: Sequence[tuple[object, str]], timeout_s: float, what: str)
                     names = ", ".join(dict.fromkeys(p for _, p in still + pending[len(still):]))
                     raise PeerError(f"{what}: nothing from {names} within comm.timeout_s={timeout_s:g} s; that "
                                     "peer stalled or died (raise comm.timeout_s if it is only slow)") from None
-                raise peer_failure(what, peer, exc) from None
+                raise peer_failure(world, what, peer, exc) from None
         pending = still
         if not pending:
             return
@@ -131,14 +132,6 @@ def wait_works(works: Sequence[tuple[object, str]], timeout_s: float, what: str)
                             "stalled or died (raise comm.timeout_s if it is only slow)")
         time.sleep(pause)
         pause = min(pause * 2, 2e-3)
-
-
-def _polled(work: object) -> bool:
-    """NCCL works are polled; everything else (gloo) blocks in wait(timeout)."""
-    return _BACKEND_POLLS
-
-
-_BACKEND_POLLS = False
 
 
 def _short(exc: BaseException) -> str:
@@ -155,8 +148,8 @@ def all_reduce_sum(tensor: torch.Tensor, world: World, what: str = "all-reduce")
     try:
         work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
     except RuntimeError as exc:
-        raise peer_failure(what, "a peer", exc) from None
-    wait_works([(work, "a peer")], world.timeout_s, what)
+        raise peer_failure(world, what, "a peer", exc) from None
+    wait_works([(work, "a peer")], world, what)
     return tensor
 
 
@@ -185,8 +178,8 @@ def all_gather_bytes(message: Tensor, world: World, what: str = "all-gather",
     try:
         work = gather(out.view(-1), message, async_op=True)
     except RuntimeError as exc:
-        raise peer_failure(what, "a peer", exc) from None
-    wait_works([(work, "a peer")], world.timeout_s, what)
+        raise peer_failure(world, what, "a peer", exc) from None
+    wait_works([(work, "a peer")], world, what)
     return out
 
 
@@ -197,8 +190,8 @@ def broadcast(tensor: torch.Tensor, world: World, src: int = 0, what: str = "bro
     try:
         work = dist.broadcast(tensor, src=src, async_op=True)
     except RuntimeError as exc:
-        raise peer_failure(what, "a peer", exc) from None
-    wait_works([(work, f"node {src}")], world.timeout_s, what)
+        raise peer_failure(world, what, "a peer", exc) from None
+    wait_works([(work, f"node {src}")], world, what)
     return tensor
 
 

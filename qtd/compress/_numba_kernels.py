@@ -29,7 +29,7 @@ except Exception as error:  # ImportError, or numba refusing this numpy version
     UNAVAILABLE_REASON = f"numba cannot be imported: {error}"
 
 from .noise import LOWBIAS_M1, LOWBIAS_M2, UNIFORM_BITS, UNIFORM_SCALE, split_key
-from .quantizer import Grid, levels
+from .grid import Grid, levels
 
 CHUNK = 4096  # elements per step: a multiple of 8, so every chunk starts on a byte boundary at any width
 

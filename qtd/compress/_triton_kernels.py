@@ -24,7 +24,7 @@ except Exception:  # ImportError, or a triton build that cannot load here
     AVAILABLE = False
 
 from .noise import LOWBIAS_M1, LOWBIAS_M2, UNIFORM_BITS, UNIFORM_SCALE, split_key
-from .quantizer import Grid, levels
+from .grid import Grid, levels
 
 GROUPS = 256  # groups of 8 elements per program: 2048 elements
 

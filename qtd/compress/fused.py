@@ -11,7 +11,8 @@ from torch import Tensor
 
 from .backend import run_path
 from .packing import pack_bits, packed_nbytes, unpack_bits
-from .quantizer import Grid, check_quantized_bits, dequantize_codes, flat_float32, quantization_grid, quantize_with_grid
+from .grid import Grid, check_quantized_bits, dequantize_codes, flat_float32, quantization_grid
+from .quantizer import quantize_with_grid
 
 REFERENCE_CHUNK = 1 << 20  # elements per reference step (a multiple of 8): bounds the temporaries' memory
 

@@ -26,14 +26,13 @@ index_bits bits each (:mod:`.uint_packing`). Block-Sign payload: the float32 sca
 
 from __future__ import annotations
 
-import struct
-import zlib
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..errors import WireFormatError
+from .header import HeaderLayout, check_expected, message_buffer
 from .packing import packed_nbytes
 from .topk import Sparse
 from .uint_packing import index_bits, pack_uints, uint_nbytes, unpack_uints
@@ -41,11 +40,11 @@ from .uint_packing import index_bits, pack_uints, uint_nbytes, unpack_uints
 GRAD_MAGIC = b"QG"
 GRAD_WIRE_VERSION = 1
 GRAD_HEADER_FORMAT = "<2sBBBBHQIIII"
-GRAD_HEADER_BYTES = struct.calcsize(GRAD_HEADER_FORMAT)
+LAYOUT = HeaderLayout("gradient message", GRAD_HEADER_FORMAT, GRAD_MAGIC, GRAD_WIRE_VERSION, "worker")
+GRAD_HEADER_BYTES = LAYOUT.nbytes
 KIND_TOPK = 1
 KIND_SIGN = 2
 VALUE_BITS = (16, 32)
-_CRC_OFFSET = GRAD_HEADER_BYTES - 4
 _VALUE_DTYPES = {16: torch.float16, 32: torch.float32}
 
 assert GRAD_HEADER_BYTES == 32
@@ -82,29 +81,14 @@ def _check_value_bits(value_bits: int) -> None:
         raise ValueError(f"value_bits={value_bits!r} must be 16 (float16) or 32 (float32)")
 
 
-def _header_bytes(header: GradHeader) -> bytes:
-    body = struct.pack(GRAD_HEADER_FORMAT, GRAD_MAGIC, GRAD_WIRE_VERSION, header.kind, header.value_bits,
-                       header.index_bits, 0, header.numel, header.count, header.sender,
-                       header.iteration % 2**32, 0)[:_CRC_OFFSET]
-    return body + struct.pack("<I", zlib.crc32(body))
-
-
 def _write(message: Tensor, header: GradHeader, parts: list[Tensor]) -> Tensor:
-    message[:GRAD_HEADER_BYTES].copy_(torch.frombuffer(bytearray(_header_bytes(header)), dtype=torch.uint8))
+    LAYOUT.write(message, LAYOUT.pack(header.kind, header.value_bits, header.index_bits, 0, header.numel,
+                                      header.count, header.sender, header.iteration % 2**32))
     offset = GRAD_HEADER_BYTES
     for part in parts:
         message[offset:offset + part.numel()].copy_(part)
         offset += part.numel()
     return message
-
-
-def _buffer(out: Tensor | None, nbytes: int, device: torch.device) -> Tensor:
-    if out is None:
-        return torch.empty(nbytes, dtype=torch.uint8, device=device)
-    if out.dtype != torch.uint8 or out.dim() != 1 or out.numel() != nbytes or not out.is_contiguous():
-        raise ValueError(f"out must be a contiguous 1-D uint8 tensor of {nbytes} bytes, "
-                         f"got {out.dtype} of shape {tuple(out.shape)}")
-    return out
 
 
 def _as_bytes(t: Tensor) -> Tensor:
@@ -121,7 +105,7 @@ def encode_topk_message(sparse: Sparse, value_bits: int, sender: int, iteration:
     _check_value_bits(value_bits)
     numel, k = sparse.numel, sparse.indices.numel()
     device = sparse.values.device
-    message = _buffer(out, topk_message_nbytes(numel, k, value_bits), device)
+    message = message_buffer(out, topk_message_nbytes(numel, k, value_bits), device)
     order = torch.argsort(sparse.indices)
     indices, values = sparse.indices[order], sparse.values[order].to(_VALUE_DTYPES[value_bits])
     if value_bits == 16 and k and not bool(torch.isfinite(values).all()):
@@ -136,7 +120,7 @@ def encode_sign_message(packed_signs: Tensor, scales: Tensor, numel: int, sender
     blocks = scales.numel()
     if packed_signs.dtype != torch.uint8 or packed_signs.numel() != packed_nbytes(numel, 1):
         raise ValueError(f"packed_signs must be {packed_nbytes(numel, 1)} uint8 bytes for {numel} elements")
-    message = _buffer(out, sign_message_nbytes(numel, blocks), packed_signs.device)
+    message = message_buffer(out, sign_message_nbytes(numel, blocks), packed_signs.device)
     header = GradHeader(KIND_SIGN, 32, 1, numel, blocks, sender, iteration)
     return _write(message, header, [_as_bytes(scales.to(torch.float32)), packed_signs.reshape(-1)])
 
@@ -145,21 +129,7 @@ def read_grad_header(message: Tensor, *, expected_kind: int | None = None, expec
                      expected_count: int | None = None, expected_sender: int | None = None,
                      expected_iteration: int | None = None) -> GradHeader:
     """Parse and validate a header; the message's length must be exactly what the header implies."""
-    if not isinstance(message, Tensor) or message.dtype != torch.uint8 or message.dim() != 1:
-        raise WireFormatError("a qtd gradient message is a 1-D uint8 tensor")
-    if message.numel() < GRAD_HEADER_BYTES:
-        raise WireFormatError(f"truncated gradient message: {message.numel()} bytes is shorter than the "
-                              f"{GRAD_HEADER_BYTES}-byte header")
-    raw = message[:GRAD_HEADER_BYTES].cpu().numpy().tobytes()
-    magic, version, kind, value_bits, idx_bits, reserved, numel, count, sender, iteration, crc = \
-        struct.unpack(GRAD_HEADER_FORMAT, raw)
-    if magic != GRAD_MAGIC:
-        raise WireFormatError(f"not a qtd gradient message: magic {magic!r}, expected {GRAD_MAGIC!r}")
-    if version != GRAD_WIRE_VERSION:
-        raise WireFormatError(f"unsupported gradient wire version {version}: this qtd reads version "
-                              f"{GRAD_WIRE_VERSION}; run the same qtd version on every worker")
-    if crc != zlib.crc32(raw[:_CRC_OFFSET]):
-        raise WireFormatError("corrupted gradient message: the header checksum does not match its contents")
+    kind, value_bits, idx_bits, reserved, numel, count, sender, iteration = LAYOUT.unpack(message)
     if reserved != 0 or kind not in (KIND_TOPK, KIND_SIGN) or numel < 1:
         raise WireFormatError(f"malformed gradient message: kind={kind}, reserved={reserved}, numel={numel}")
     if kind == KIND_TOPK:
@@ -177,14 +147,9 @@ def read_grad_header(message: Tensor, *, expected_kind: int | None = None, expec
         raise WireFormatError(f"{problem} gradient message: {message.numel()} bytes, the header implies "
                               f"{expected_nbytes}")
     header = GradHeader(kind, value_bits, idx_bits, numel, count, sender, iteration)
-    expected = {"kind": expected_kind, "numel": expected_numel, "count": expected_count,
-                "sender": expected_sender,
-                "iteration": None if expected_iteration is None else expected_iteration % 2**32}
-    wrong = [f"{name}={getattr(header, name)} (expected {value})" for name, value in expected.items()
-             if value is not None and getattr(header, name) != value]
-    if wrong:
-        raise WireFormatError(f"unexpected gradient message from sender {sender} at iteration {iteration}: "
-                              + ", ".join(wrong))
+    check_expected("gradient message", header, kind=expected_kind, numel=expected_numel, count=expected_count,
+                   sender=expected_sender,
+                   iteration=None if expected_iteration is None else expected_iteration % 2**32)
     return header
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .backend import run_path
-from .quantizer import check_quantized_bits
+from .grid import check_quantized_bits
 
 
 def packed_nbytes(count: int, bits: int) -> int:

@@ -22,26 +22,25 @@ message can be viewed as floats in place.
 
 from __future__ import annotations
 
-import struct
 import sys
-import zlib
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..config.schema import ALLOWED_BITS
 from ..errors import ConfigError, WireFormatError
+from ..formats import ALLOWED_BITS
 from .fused import quantize_pack, unpack_dequantize
 from .noise import MAX_STREAM, noise_key
 from .packing import packed_nbytes
-from .quantizer import flat_float32
+from .grid import flat_float32
+from .header import HeaderLayout, check_expected, message_buffer
 
 MAGIC = b"QTDW"
 WIRE_VERSION = 1
 HEADER_FORMAT = "<4sBBHQQIffI"
-HEADER_BYTES = struct.calcsize(HEADER_FORMAT)
-_CRC_OFFSET = HEADER_BYTES - 4
+LAYOUT = HeaderLayout("message", HEADER_FORMAT, MAGIC, WIRE_VERSION, "node")
+HEADER_BYTES = LAYOUT.nbytes
 _U32 = 2**32
 _U64 = 2**64
 
@@ -83,27 +82,6 @@ def message_nbytes(count: int, bits: int) -> int:
     return HEADER_BYTES + payload_nbytes(count, bits)
 
 
-def _header_bytes(header: Header) -> bytes:
-    body = struct.pack(
-        HEADER_FORMAT, MAGIC, header.version, header.bits, 0, header.count, header.iteration,
-        header.sender, header.offset, header.scale, 0,
-    )[:_CRC_OFFSET]
-    return body + struct.pack("<I", zlib.crc32(body))
-
-
-def _message_buffer(out: Tensor | None, nbytes: int, device: torch.device) -> Tensor:
-    if out is None:
-        return torch.empty(nbytes, dtype=torch.uint8, device=device)
-    if out.dtype != torch.uint8 or out.dim() != 1 or out.numel() != nbytes or not out.is_contiguous():
-        raise ValueError(
-            f"out must be a contiguous 1-D uint8 tensor of message_nbytes(...) = {nbytes} bytes, "
-            f"got {out.dtype} of shape {tuple(out.shape)}"
-        )
-    if out.device != device:
-        raise ValueError(f"out is on {out.device} but the tensor to encode is on {device}")
-    return out
-
-
 def encode_message(
     x: Tensor, bits: int, sender: int, iteration: int, seed: int = 0, out: Tensor | None = None
 ) -> Tensor:
@@ -118,7 +96,7 @@ def encode_message(
         raise ValueError(f"sender must be in 0..2**32-1 and iteration in 0..2**64-1, got {sender}, {iteration}")
     flat = flat_float32(x)
     count = flat.numel()
-    message = _message_buffer(out, message_nbytes(count, bits), x.device)
+    message = message_buffer(out, message_nbytes(count, bits), x.device)
     payload = message[HEADER_BYTES:]
     offset = scale = 0.0
     if bits == 32:
@@ -131,8 +109,7 @@ def encode_message(
     else:
         _, grid = quantize_pack(flat, bits, noise_key(seed, sender, iteration), out=payload)
         offset, scale = grid.offset, grid.scale
-    header = Header(WIRE_VERSION, bits, count, offset, scale, sender, iteration)
-    message[:HEADER_BYTES].copy_(torch.frombuffer(bytearray(_header_bytes(header)), dtype=torch.uint8))
+    LAYOUT.write(message, LAYOUT.pack(bits, 0, count, iteration, sender, offset, scale))
     return message
 
 
@@ -144,25 +121,7 @@ def read_header(message: Tensor) -> Header:
     Checks the magic number, version, header checksum, bits, reserved field, grid values and that the
     message's length is exactly what the header implies (so a truncated message is caught here).
     """
-    if not isinstance(message, Tensor) or message.dtype != torch.uint8 or message.dim() != 1:
-        what = (f"{message.dtype} tensor of shape {tuple(message.shape)}" if isinstance(message, Tensor)
-                else type(message).__name__)
-        raise WireFormatError(f"a qtd message is a 1-D uint8 tensor, got a {what}")
-    if message.numel() < HEADER_BYTES:
-        raise WireFormatError(
-            f"truncated message: {message.numel()} bytes is shorter than the {HEADER_BYTES}-byte header"
-        )
-    raw = message[:HEADER_BYTES].cpu().numpy().tobytes()
-    magic, version, bits, reserved, count, iteration, sender, offset, scale, crc = struct.unpack(HEADER_FORMAT, raw)
-    if magic != MAGIC:
-        raise WireFormatError(f"not a qtd message: magic {magic!r}, expected {MAGIC!r}")
-    if version != WIRE_VERSION:
-        raise WireFormatError(
-            f"unsupported wire format version {version}: this qtd reads version {WIRE_VERSION}; "
-            "run the same qtd version on every node"
-        )
-    if crc != zlib.crc32(raw[:_CRC_OFFSET]):
-        raise WireFormatError("corrupted message: the header checksum does not match its contents")
+    bits, reserved, count, iteration, sender, offset, scale = LAYOUT.unpack(message)
     if bits not in ALLOWED_BITS:
         raise WireFormatError(f"malformed message: bits={bits} is not one of 1..8, 16, 32")
     if reserved != 0:
@@ -178,19 +137,7 @@ def read_header(message: Tensor) -> Header:
         raise WireFormatError(
             f"{problem} message: {message.numel()} bytes, but count={count} at bits={bits} needs {expected} bytes"
         )
-    return Header(version, bits, count, offset, scale, sender, iteration)
-
-
-def _check_expected(header: Header, **expected: int | None) -> None:
-    wrong = [
-        f"{name}={getattr(header, name)} (expected {value})"
-        for name, value in expected.items()
-        if value is not None and getattr(header, name) != value
-    ]
-    if wrong:
-        raise WireFormatError(
-            f"unexpected message from sender {header.sender} at iteration {header.iteration}: " + ", ".join(wrong)
-        )
+    return Header(WIRE_VERSION, bits, count, offset, scale, sender, iteration)
 
 
 def _view_as(payload: Tensor, dtype: torch.dtype) -> Tensor:
@@ -216,9 +163,8 @@ def decode_message(
     field that differs.
     """
     header = read_header(message)
-    _check_expected(
-        header, bits=expected_bits, count=expected_count, sender=expected_sender, iteration=expected_iteration
-    )
+    check_expected("message", header, bits=expected_bits, count=expected_count, sender=expected_sender,
+                   iteration=expected_iteration)
     payload = message[HEADER_BYTES:]
     if out is not None and (out.dtype != torch.float32 or out.numel() != header.count or not out.is_contiguous()
                             or out.device != message.device):

@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..algorithms.registry import NAMES as ALGORITHMS, Runner, get_spec
 from ..errors import ConfigError
+from ..formats import ALLOWED_BITS, QUANTIZED_BITS
 
-
-ALGORITHMS = ("quantimed", "qdsgd", "dsgd", "async_dsgd", "allreduce_sgd")
 MODES = ("decentralized", "ps")
 TOPOLOGIES = ("ring", "torus", "complete", "star", "exponential", "erdos_renyi", "file")
 WEIGHTS = ("laplacian", "metropolis")
@@ -21,8 +21,6 @@ SCHEDULES = ("paper", "constant")
 PARTITIONS = ("contiguous", "iid", "dirichlet")
 BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "mnist_idx", "synthetic")
 BUILTIN_MODELS = ("mlp", "mlp_deep", "cnn", "comp_ams_cnn", "resnet18", "linear")
-QUANTIZED_BITS = tuple(range(1, 9))
-ALLOWED_BITS = QUANTIZED_BITS + (16, 32)
 PS_COMPRESSORS = ("none", "topk", "blocksign")
 SPEED_DISTRIBUTIONS = ("uniform", "fixed")
 BACKENDS = ("auto", "gloo", "nccl")
@@ -132,7 +130,7 @@ class AlgorithmConfig:
     max_in_flight: int = 2  # async_dsgd: sends in flight per neighbour before a newer model replaces one
 
     def __post_init__(self) -> None:
-        _choice("algorithm.name", self.name, ALGORITHMS)
+        get_spec(self.name)  # the registry names the allowed algorithms
         _positive("algorithm.batch_size", self.batch_size)
         _positive("algorithm.micro_batch_size", self.micro_batch_size)
         _positive("algorithm.deadline_s", self.deadline_s)
@@ -297,18 +295,28 @@ class Config:
 
     def __post_init__(self) -> None:
         _choice("mode", self.mode, MODES)
-        name, bits = self.algorithm.name, self.compression.bits
-        if self.mode == "decentralized" and name == "dsgd" and bits < 16:
+        bits = self.compression.bits
+        spec = get_spec(self.algorithm.name)
+        if self.mode == "decentralized" and spec.allowed_bits and bits not in spec.allowed_bits:
             _fail("compression.bits", bits,
-                  "algorithm.name=dsgd exchanges unquantized models: use 16 or 32, "
+                  f"algorithm.name={spec.name} exchanges unquantized models: use 16 or 32, "
                   "or algorithm.name=qdsgd for quantized messages")
         if self.mode == "ps" and self.emulation.links:
             _fail("emulation.links", True, "link emulation is not available in mode=ps (emulation.stragglers is)")
-        if (self.mode == "decentralized" and name in ("quantimed", "qdsgd")
+        if (self.mode == "decentralized" and spec.uses_eps
                 and self.algorithm.schedule == "constant" and self.algorithm.eps > 1):
             _fail("algorithm.eps", self.algorithm.eps,
                   "with algorithm.schedule=constant the consensus step must be in (0, 1] "
                   "(with schedule=paper it is e0 in eps = e0 / sqrt(T))")
+        if self.mode == "decentralized" and spec.runner is Runner.ASYNC and self.emulation.stragglers:
+            emu, timeout = self.emulation, self.comm.timeout_s
+            slowest = min(emu.speeds) if emu.speed_distribution == "fixed" and emu.speeds else emu.speed_low
+            per_iteration = self.algorithm.batch_size / slowest
+            if per_iteration > timeout / 2:  # a neighbour silent for comm.timeout_s counts as dead
+                _fail("comm.timeout_s", timeout,
+                      f"too short for {spec.name}: the slowest emulated node needs algorithm.batch_size / speed = "
+                      f"{per_iteration:g} s per iteration, and a neighbour silent for comm.timeout_s counts as "
+                      "dead; raise comm.timeout_s above twice that")
         if self.emulation.speed_distribution == "fixed" and len(self.emulation.speeds) != self.topology.nodes:
             _fail("emulation.speeds", list(self.emulation.speeds),
                   f"give one speed per node ({self.topology.nodes} = topology.nodes)")

@@ -178,17 +178,13 @@ def split_single(dataset: ArrayDataset, test_fraction: float, eval_on: str, seed
     return DatasetSplits(dataset.subset(train_idx), dataset.subset(test_idx))
 
 
-def evaluation_set(splits: DatasetSplits, eval_on: str = "test", eval_samples: int = 0,
-                   seed: int = 0) -> ArrayDataset:
-    """The data the network-average model is evaluated on (``data.eval_on``, ``data.eval_samples``).
-
-    ``eval_samples > 0`` keeps a fixed seeded subset of that many samples, the same at every evaluation.
-    """
-    if eval_on not in ("test", "train"):
-        raise DataError(f"data.eval_on={eval_on!r} is not allowed: choose test or train")
-    dataset = splits.train if eval_on == "train" else splits.test
-    if eval_samples <= 0 or eval_samples >= len(dataset):
-        return dataset
+def evaluation_indices(candidates: Tensor, eval_samples: int = 0, seed: int = 0) -> Tensor:
+    """The indices the network-average model is evaluated on: all ``candidates`` (``data.eval_samples`` 0),
+    or a fixed seeded subset of ``eval_samples`` of them, in their original order, the same at every
+    evaluation and on every node. A subset is drawn, not the first N: the candidates may be node 0's
+    samples, then node 1's, and so on."""
+    if eval_samples <= 0 or eval_samples >= len(candidates):
+        return candidates
     generator = torch.Generator().manual_seed(seed)
-    keep = torch.randperm(len(dataset), generator=generator)[:eval_samples].sort().values
-    return dataset.subset(keep)
+    keep = torch.randperm(len(candidates), generator=generator)[:eval_samples].sort().values
+    return candidates[keep]

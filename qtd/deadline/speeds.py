@@ -17,6 +17,11 @@ class SpeedModel:
         self.speeds = tuple(speeds)
         self.seed = seed
 
+    @classmethod
+    def from_config(cls, emulation, seed: int) -> "SpeedModel":
+        """The speeds an ``EmulationConfig`` describes: the same in real runs and in the simulator."""
+        return cls(emulation.speed_distribution, emulation.speed_low, emulation.speed_high, emulation.speeds, seed)
+
     def speed(self, node: int, iteration: int) -> float:
         if self.distribution == "fixed":
             return float(self.speeds[node])

@@ -1,8 +1,22 @@
-"""Training loops: a node of a real multi-process run (decentralized or parameter-server mode), and the
-virtual-time simulator."""
+"""Real runs: a node's training loop (:func:`run_node`, one process per graph node, started by torchrun).
 
-from .node import run_node
-from .problem import Problem, build_problem
-from .ps import run_ps_node
+Loaded lazily, so that the simulator and the library can import the engine's network-free parts
+(:mod:`.problem`, :mod:`.points`, :mod:`.summary`) without the network layer.
+"""
 
-__all__ = ["Problem", "build_problem", "run_node", "run_ps_node"]
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["NodeDriver", "Problem", "build_problem", "run_node"]
+
+
+_WHERE = {"run_node": "driver", "NodeDriver": "driver", "Problem": "problem", "build_problem": "problem"}
+
+
+def __getattr__(attribute: str) -> Any:
+    if attribute not in _WHERE:
+        raise AttributeError(f"module 'qtd.engine' has no attribute {attribute!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{_WHERE[attribute]}", __name__), attribute)

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from typing import Sequence
 
-from ..config import load_config
+from ..algorithms import display_name, spec_for
+from ..config import ConfigError, load_config
+from .resume import resume_refusal
 from ..topology import build_topology
 
 
@@ -24,11 +26,15 @@ def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int
     """Check the config and graph here (one clear message instead of n copies), then start torchrun."""
     config = load_config(config_path, overrides)
     build_topology(config.topology)
+    refusal = resume_refusal(config, config.topology.nodes)
+    if refusal:
+        raise ConfigError(refusal)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     command = torchrun_command(config_path, overrides, config.topology.nodes, max_restarts)
-    print(f"qtd: starting {config.topology.nodes} nodes ({config.algorithm.name if config.mode == 'decentralized' else 'ps'}),"
+    name = display_name(spec_for(config.mode, config.algorithm.name), config.ps.compressor, config.ps.error_feedback)
+    print(f"qtd: starting {config.topology.nodes} nodes ({name}),"
           f" writing to {config.run.out_dir}", file=sys.stderr, flush=True)
     process = subprocess.Popen(command, env=env)
     try:

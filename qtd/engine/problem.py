@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..config import Config
-from ..data import ArrayDataset, DatasetSplits, NodeSampler, load_dataset, partition
+from ..data import ArrayDataset, DatasetSplits, NodeSampler, evaluation_indices, load_dataset, partition
 from ..models import FlatModel, build_model
 
 
@@ -27,10 +27,16 @@ class Problem:
     template: nn.Module  # the initial model, identical on every node (seeded by run.seed)
 
     def node_sampler(self, node: int, seed: int) -> NodeSampler:
+        """Node ``node``'s stream of local samples (the same in real runs, the simulator and the library)."""
         return NodeSampler(self.splits.train, self.parts[node], seed=seed * 1_000_003 + node)
 
     def new_flat_model(self, device: torch.device) -> FlatModel:
         return FlatModel(copy.deepcopy(self.template).to(device))
+
+
+def module_seed(seed: int, node: int) -> int:
+    """The seed of node ``node``'s module randomness (dropout and the like): one stream per node."""
+    return seed * 7919 + node
 
 
 def build_problem(config: Config) -> Problem:
@@ -44,8 +50,7 @@ def build_problem(config: Config) -> Problem:
         eval_indices = torch.cat(list(parts))  # the paper: the training loss over all nodes' samples
     else:
         eval_indices = torch.arange(len(eval_set))
-    if config.data.eval_samples and config.data.eval_samples < len(eval_indices):
-        eval_indices = eval_indices[: config.data.eval_samples]
+    eval_indices = evaluation_indices(eval_indices, config.data.eval_samples, seed)
     torch.manual_seed(seed)  # every node starts from the same model
     template = build_model(config.model, splits.train.input_shape, splits.train.num_classes)
     return Problem(splits=splits, parts=parts, eval_set=eval_set, eval_indices=eval_indices, template=template)
@@ -63,20 +68,3 @@ def make_gradient_step(flat: FlatModel, sampler: NodeSampler, device: torch.devi
         return float(loss.detach())
 
     return step
-
-
-@torch.no_grad()
-def evaluate_sum(module: nn.Module, dataset: ArrayDataset, indices: Tensor, device: torch.device,
-                 batch_size: int = 1000) -> tuple[float, float, int]:
-    """(summed loss, correct predictions, samples) of ``module`` on ``dataset[indices]``."""
-    was_training = module.training
-    module.eval()
-    loss_sum, correct = 0.0, 0.0
-    for start in range(0, len(indices), batch_size):
-        x, y = dataset.batch(indices[start:start + batch_size])
-        x, y = x.to(device), y.to(device)
-        logits = module(x)
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += float((logits.argmax(dim=1) == y).sum())
-    module.train(was_training)
-    return loss_sum, correct, len(indices)

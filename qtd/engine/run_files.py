@@ -7,10 +7,11 @@ metrics rows up to ``start`` and has TensorBoard purge the steps after it, which
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, config_to_dict, dump_config
+from ..config import Config, config_to_dict, dump_config, save_config
 from ..metrics import JsonlWriter, Progress, ScalarLogger, TensorBoardLogger, read_jsonl
 
 
@@ -25,7 +26,7 @@ class RunFiles:
         self.global_tb: ScalarLogger = ScalarLogger()
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(dump_config(config))
+            save_config(config, out / "config.yaml")
             history = read_jsonl(out / "metrics.jsonl") if start and (out / "metrics.jsonl").exists() else []
             self.metrics = JsonlWriter(out / "metrics.jsonl", truncate=True)
             for row in history:
@@ -45,6 +46,22 @@ class RunFiles:
         self.global_tb.close()
         if self.metrics is not None:
             self.metrics.close()
+
+
+def clear_run_files(out: Path) -> bool:
+    """Remove what an earlier run wrote into ``out`` (only qtd's own names), so that a run starting over
+    there neither keeps an older run's checkpoints (which would outrank its own) nor splices its metrics
+    and TensorBoard curves onto the older ones. Returns whether anything was there."""
+    found = False
+    for pattern in ("checkpoints/iter_*", "tensorboard/global", "tensorboard/node_*", "nodes/node_*.jsonl",
+                    "metrics.jsonl", "summary.json", "model.pt", "sim_models.pt"):
+        for path in out.glob(pattern):
+            found = True
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+    return found
 
 
 def flat_hparams(config: Config) -> dict[str, Any]:

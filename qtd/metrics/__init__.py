@@ -1,11 +1,25 @@
-"""Monitoring and persistence: TensorBoard, metrics.jsonl, summary.json, progress bar, checkpoints."""
+"""Monitoring and persistence: TensorBoard, metrics.jsonl, summary.json, progress bar, checkpoints.
 
-from .checkpoint import (complete_iterations, load_node_checkpoint, node_file, prune_node_checkpoints,
-                         save_node_checkpoint)
-from .writers import (JsonlWriter, Progress, ScalarLogger, TensorBoardLogger, read_jsonl, write_json_atomic)
+Loaded lazily, so that :mod:`.layout` (where checkpoints are) can be read without torch or TensorBoard.
+"""
 
-__all__ = [
-    "JsonlWriter", "Progress", "ScalarLogger", "TensorBoardLogger", "complete_iterations",
-    "load_node_checkpoint", "node_file", "prune_node_checkpoints", "read_jsonl", "save_node_checkpoint",
-    "write_json_atomic",
-]
+from __future__ import annotations
+
+from typing import Any
+
+_WHERE = {
+    "complete_iterations": "layout", "node_file": "layout", "checkpoint_dir": "layout",
+    "load_node_checkpoint": "checkpoint", "prune_node_checkpoints": "checkpoint",
+    "save_node_checkpoint": "checkpoint", "remove_checkpoints": "checkpoint",
+    "JsonlWriter": "writers", "Progress": "writers", "ScalarLogger": "writers", "TensorBoardLogger": "writers",
+    "read_jsonl": "writers", "write_json_atomic": "writers",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'qtd.metrics' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{_WHERE[name]}", __name__), name)

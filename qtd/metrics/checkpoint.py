@@ -7,7 +7,6 @@ only, so it loads with ``torch.load(..., weights_only=True)``.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,17 +14,9 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError
+from .layout import ITER_DIR, checkpoint_dir, complete_iterations, node_file  # noqa: F401 (re-exported)
 
 FORMAT = "qtd-checkpoint-1"
-_ITER_DIR = re.compile(r"^iter_(\d{8})$")
-
-
-def checkpoint_dir(out_dir: str | Path) -> Path:
-    return Path(out_dir) / "checkpoints"
-
-
-def node_file(out_dir: str | Path, iteration: int, rank: int) -> Path:
-    return checkpoint_dir(out_dir) / f"iter_{iteration:08d}" / f"node_{rank:03d}.pt"
 
 
 def save_node_checkpoint(out_dir: str | Path, iteration: int, rank: int, state: dict[str, Any]) -> Path:
@@ -39,19 +30,6 @@ def save_node_checkpoint(out_dir: str | Path, iteration: int, rank: int, state: 
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     return path
-
-
-def complete_iterations(out_dir: str | Path, nodes: int) -> list[int]:
-    """Iterations, oldest first, for which every one of ``nodes`` node files exists."""
-    root = checkpoint_dir(out_dir)
-    if not root.is_dir():
-        return []
-    found = []
-    for entry in root.iterdir():
-        match = _ITER_DIR.match(entry.name)
-        if match and all((entry / f"node_{r:03d}.pt").is_file() for r in range(nodes)):
-            found.append(int(match.group(1)))
-    return sorted(found)
 
 
 def load_node_checkpoint(path: str | Path, rank: int | None = None, nodes_hint: str = "") -> dict[str, Any]:
@@ -79,7 +57,7 @@ def prune_node_checkpoints(out_dir: str | Path, rank: int, keep: int = 2) -> Non
     root = checkpoint_dir(out_dir)
     if not root.is_dir():
         return
-    iters = sorted(int(m.group(1)) for e in root.iterdir() if (m := _ITER_DIR.match(e.name)))
+    iters = sorted(int(m.group(1)) for e in root.iterdir() if (m := ITER_DIR.match(e.name)))
     for iteration in iters[:-keep] if keep else iters:
         path = node_file(out_dir, iteration, rank)
         path.unlink(missing_ok=True)

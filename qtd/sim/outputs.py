@@ -12,10 +12,11 @@ from typing import Any, Mapping
 
 import torch
 
-from ..config import Config, dump_config
+from ..config import Config, dump_config, save_config
+from ..engine.points import EvalPoint, eval_scalars
+from ..engine.run_files import clear_run_files
 from ..metrics import JsonlWriter, ScalarLogger, TensorBoardLogger, write_json_atomic
 
-EVAL_KEYS = ("iteration", "time_s", "eval_loss", "eval_accuracy", "consensus_error", "bytes_sent", "eval_bytes")
 NODE_TB_KEYS = ("train_loss", "samples", "compute_s", "wait_s", "bytes_sent", "speed")
 
 
@@ -33,8 +34,9 @@ class SimRecorder:
         if not write:
             return
         self.out.mkdir(parents=True, exist_ok=True)
+        clear_run_files(self.out)  # a simulation always starts over
         text = dump_config(config)
-        (self.out / "config.yaml").write_text(text)
+        save_config(config, self.out / "config.yaml")
         self._metrics = JsonlWriter(self.out / "metrics.jsonl", truncate=True)
         self._global = TensorBoardLogger(self.out / "tensorboard" / "global")
         self._global.text("config", "```\n" + text + "\n```")
@@ -51,14 +53,11 @@ class SimRecorder:
         self._node_tb[node].scalars({f"node/{key}": row[key] for key in NODE_TB_KEYS
                                      if row.get(key) is not None}, step)
 
-    def evaluation(self, row: Mapping[str, Any]) -> None:
+    def evaluation(self, point: EvalPoint) -> None:
         if self._metrics is None:
             return
-        self._metrics.write({key: row[key] for key in EVAL_KEYS})
-        self._global.scalars({"eval/loss": row["eval_loss"], "eval/accuracy": row["eval_accuracy"],
-                              "eval/consensus_error": row["consensus_error"],
-                              "comm/bytes_sent_total": row["bytes_sent"], "time/virtual_s": row["time_s"]},
-                             row["iteration"])
+        self._metrics.write(point.row())
+        self._global.scalars(eval_scalars(point, time_tag="time/virtual_s"), point.iteration)
 
     def finish(self, summary: Mapping[str, Any], models: torch.Tensor, hparams: Mapping[str, Any]) -> None:
         if not self.write:

@@ -11,41 +11,19 @@ Compressor ``none`` is dense AMSGrad: the float32 gradients are averaged with on
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from ..algorithms import AMSGradState, amsgrad_step, lr_at
-from ..comm import World, all_gather_bytes, all_reduce_sum, ring_allgather_bytes, ring_allreduce_bytes
-from ..compress import BlockSignCodec, TopKCodec
-from ..config import PSConfig
-from ..errors import CheckpointError, ReplicaDriftError
-from ..models import FlatModel
-from .steps import GradientSource
-
-
-@dataclass(frozen=True)
-class PSStepStats:
-    """What one worker did in one step."""
-
-    samples: int
-    loss: float
-    compute_s: float
-    wait_s: float  # in the all-gather (or all-reduce), decoding excluded
-    iteration_s: float
-    upload_bytes: int  # the message this worker contributed (headers included)
-    wire_bytes: int  # what the collective moved out of this worker
-    lr: float
-    speed: float | None
-
-
-def algorithm_name(ps: PSConfig) -> str:
-    """amsgrad_dense, amsgrad_topk[_ef], amsgrad_blocksign[_ef]."""
-    if ps.compressor == "none":
-        return "amsgrad_dense"
-    return f"amsgrad_{ps.compressor}" + ("_ef" if ps.error_feedback else "")
+from ...algorithms import AMSGradState, amsgrad_step, lr_at
+from ...comm import World, all_gather_bytes, all_reduce_sum, ring_allgather_bytes, ring_allreduce_bytes
+from ...compress import BlockSignCodec, TopKCodec
+from ...config import PSConfig
+from ...errors import CheckpointError, ReplicaDriftError
+from ...models import FlatModel
+from .base import GradientSource, Step, StepStats, stats_from
 
 
 def topk_count(ratio: float, numel: int) -> int:
@@ -75,12 +53,15 @@ def state_hash(t: Tensor, weights: Tensor) -> Tensor:
     return (bits * weights).sum()
 
 
-class PSStep:
-    """A worker's replica of the server and its compressor; ``step`` is collective (every rank calls it)."""
+class PSStep(Step):
+    """A worker's replica of the server and its compressor; ``step`` is collective (every rank calls it).
+    ``wait_s`` in its stats is the time in the all-gather (or all-reduce), decoding excluded."""
 
     def __init__(self, world: World, flat: FlatModel, gradients: GradientSource,
-                 codec: TopKCodec | BlockSignCodec | None, ps: PSConfig) -> None:
+                 codec: TopKCodec | BlockSignCodec | None, ps: PSConfig, samples_per_epoch: int) -> None:
         self.world, self.flat, self.gradients, self.codec, self.ps = world, flat, gradients, codec, ps
+        self.samples_per_epoch = samples_per_epoch  # the whole training set: epochs = steps * n * B / this
+        self.last_lr = ps.lr
         self.state = AMSGradState.zeros_like(flat.params)
         self.mean_grad = torch.zeros_like(flat.params)
         if codec is None:
@@ -91,11 +72,15 @@ class PSStep:
             self.wire_nbytes = ring_allgather_bytes(codec.message_nbytes, world.size)
             self.send = torch.empty(codec.message_nbytes, dtype=torch.uint8, device=flat.device)
             self.gathered = torch.empty(world.size, codec.message_nbytes, dtype=torch.uint8, device=flat.device)
-        self.upload_bytes = 0  # totals of this worker
-        self.bytes_sent = 0  # what the collectives moved out of this worker
+        self.upload_bytes = 0  # totals of this worker: its compressed messages, headers included
+        self._bytes_sent = 0  # what the collectives moved out of this worker
         self._hash_weights: Tensor | None = None
 
-    def step(self, iteration: int) -> PSStepStats:
+    @property
+    def bytes_sent(self) -> int:
+        return self._bytes_sent
+
+    def step(self, iteration: int) -> StepStats:
         start = time.monotonic()
         result, speed = self.gradients.compute(iteration)
         what = f"gradient exchange at step {iteration}"
@@ -118,12 +103,45 @@ class PSStep:
         with torch.no_grad():
             amsgrad_step(self.flat.params, self.mean_grad, self.state, lr, ps.beta1, ps.beta2, ps.eps)
         self.upload_bytes += self.message_nbytes
-        self.bytes_sent += self.wire_nbytes
+        self._bytes_sent += self.wire_nbytes
+        self.last_lr = lr
         if ps.check_every and (iteration + 1) % ps.check_every == 0:
             self.check_replicas(iteration + 1)
-        return PSStepStats(samples=result.samples, loss=result.mean_loss, compute_s=result.compute_s,
-                           wait_s=wait_s, iteration_s=time.monotonic() - start, upload_bytes=self.message_nbytes,
-                           wire_bytes=self.wire_nbytes, lr=lr, speed=speed)
+        return stats_from(result, speed, wait_s, time.monotonic() - start,
+                          log={"lr": lr, "upload_bytes": self.upload_bytes},
+                          scalars={"node/lr": lr, "node/upload_bytes": self.upload_bytes})
+
+    def restored(self, iteration: int) -> None:
+        self.check_replicas(iteration)
+
+    def before_final_checkpoint(self, iteration: int) -> None:
+        self.check_replicas(iteration)
+
+    @property
+    def epoch(self) -> float:
+        return self.state.step * self.ps.batch_size * self.world.size / self.samples_per_epoch
+
+    def eval_values(self) -> dict[str, float]:
+        return {"upload_bytes": float(self.upload_bytes)}
+
+    def eval_columns(self, table: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        return {"epoch": self.epoch, "upload_bytes": int(table["upload_bytes"].sum()), "lr": self.last_lr}
+
+    def eval_scalars(self, columns: Mapping[str, Any]) -> dict[str, float]:
+        return {"comm/upload_bytes_total": columns["upload_bytes"], "train/lr": columns["lr"],
+                "train/epoch": columns["epoch"]}
+
+    def summary_values(self, table: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        ps = self.ps
+        return {
+            "epochs": self.epoch, "upload_bytes": int(table["upload_bytes"].sum()),
+            "compressor": ps.compressor, "error_feedback": ps.error_feedback and ps.compressor != "none",
+            "params": self.flat.numel, "k": self.codec.k if ps.compressor == "topk" else None,
+            "value_bits": ps.value_bits if ps.compressor == "topk" else 32,
+            "upload_bytes_per_step": self.message_nbytes,  # one worker's message, headers included
+            "wire_bytes_per_step": self.wire_nbytes,  # what the collective moves out of one worker
+            "upload_bytes_per_node": [int(v) for v in table["upload_bytes"]],
+        }
 
     def checksums(self) -> Tensor:
         """int64 hashes of theta, m, v, v_hat and the step count: equal on every rank while in sync."""
@@ -153,7 +171,7 @@ class PSStep:
         state = {"m": s.m.cpu().clone(), "v": s.v.cpu().clone(), "v_hat": s.v_hat.cpu().clone(),
                  "step": torch.tensor(s.step, dtype=torch.int64),
                  "upload_bytes": torch.tensor(self.upload_bytes, dtype=torch.int64),
-                 "bytes_sent": torch.tensor(self.bytes_sent, dtype=torch.int64)}
+                 "bytes_sent": torch.tensor(self._bytes_sent, dtype=torch.int64)}
         if self.codec is not None:
             state.update({f"codec_{k}": v for k, v in self.codec.state_dict().items()})
         return state
@@ -166,7 +184,7 @@ class PSStep:
                     raise ValueError(f"{name} has shape {tuple(state[name].shape)}")
                 getattr(s, name).copy_(state[name].to(self.flat.device))
             s.step = int(state["step"])
-            self.upload_bytes, self.bytes_sent = int(state["upload_bytes"]), int(state["bytes_sent"])
+            self.upload_bytes, self._bytes_sent = int(state["upload_bytes"]), int(state["bytes_sent"])
             if self.codec is not None:
                 self.codec.load_state_dict({k[len("codec_"):]: v for k, v in state.items()
                                             if k.startswith("codec_")})

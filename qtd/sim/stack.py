@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..data import ArrayDataset, NodeSampler
 from ..models import FlatModel
-from .problem import make_gradient_step
+from ..engine.problem import make_gradient_step
 
 # Padded inputs of one vmap call stay under about this many float32 values; larger jobs go in node chunks.
 MAX_BATCH_VALUES = 1 << 24

@@ -12,7 +12,7 @@ from ..config import load_config
 def sim_command(config_path: str, overrides: Sequence[str]) -> int:
     """Build, simulate, report. Returns 0, or 1 when the models diverged (the run directory is still written)."""
     config = load_config(config_path, overrides)
-    from .sim import simulate  # heavy imports after the config is known to be good
+    from .simulation import simulate  # heavy imports after the config is known to be good
 
     print(f"qtd: simulating {config.topology.nodes} nodes ({config.algorithm.name}) on a virtual clock, "
           f"writing to {config.run.out_dir}", file=sys.stderr, flush=True)

@@ -1,5 +1,6 @@
-"""Emulated links (DESIGN.md section 2): a message of b bytes is usable no earlier than
-latency + b / bandwidth after it was sent. Pure arithmetic; the exchange applies it."""
+"""What messages cost, in pure arithmetic: the bytes a collective sends from each rank, and the seconds an
+emulated link takes (a message of b bytes is usable no earlier than latency + b / bandwidth after it was
+sent). :mod:`qtd.comm` applies the link delays in real runs; the simulator's clock charges the same rule."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ class LinkModel:
         (the paper's T_c), so every algorithm's traffic is charged by the same bytes-per-second rule."""
         bandwidth = 2.0 * model_numel / comm_time_s if comm_time_s > 0 else 0.0
         return cls(latency_s=latency_s, bandwidth_Bps=bandwidth)
+
+    @classmethod
+    def from_emulation(cls, emulation, model_numel: int) -> "LinkModel":
+        """The link an ``EmulationConfig`` describes (comm_time_s, link_latency_s): the same in real runs
+        and in the simulator's clock."""
+        return cls.from_copy_time(emulation.comm_time_s, model_numel, emulation.link_latency_s)
 
     @property
     def enabled(self) -> bool:

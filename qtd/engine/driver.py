@@ -1,0 +1,275 @@
+"""The one node loop of real runs: every algorithm's node, started by torchrun, goes through it.
+
+The driver owns what every run does alike: the run directory (DESIGN.md section 4), resume, the
+evaluation cadence (:mod:`.cadence`: every N iterations, or at training times agreed in advance),
+checkpoints, the evaluator, the summary, TensorBoard and the progress bar. What an algorithm does in one
+iteration is its step object's (:mod:`.steps`), chosen by the runner of its spec in the registry.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..algorithms import AlgorithmSpec, Runner, display_name, spec_for
+from ..comm import World, broadcast
+from ..config import Config, ConfigError
+from ..errors import CheckpointError
+from ..metrics import (complete_iterations, load_node_checkpoint, node_file, prune_node_checkpoints,
+                       save_node_checkpoint, write_json_atomic)
+from .evaluate import Evaluator, gather_table
+from .points import EvalPoint, eval_scalars, point_from_table
+from .parts import NodeParts, build_parts
+from .resume import resume_refusal
+from .run_files import RunFiles, clear_run_files, flat_hparams
+from .steps import RUNNERS, Step, StepStats
+from .summary import build_summary
+
+
+@dataclass
+class NodeCounters:
+    """Running totals of one node, checkpointed with it."""
+
+    time_s: float = 0.0  # training time (see the cadence's clock); evaluation and checkpoint pauses excluded
+    samples: int = 0
+    iterations: int = 0
+    eval_bytes: int = 0
+    overshoot_s: list[float] = field(default_factory=list)  # compute phase beyond the deadline, per iteration
+    micro_batch_s: list[float] = field(default_factory=list)
+    finished: bool = False  # this node stopped updating (asynchronous runs stop one by one)
+    finish_s: float = 0.0
+    last_update_s: float = 0.0  # training time of this node's latest model update
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"time_s": self.time_s, "samples": self.samples, "iterations": self.iterations,
+                "eval_bytes": self.eval_bytes,
+                "overshoot_s": torch.tensor(self.overshoot_s, dtype=torch.float64),
+                "micro_batch_s": torch.tensor(self.micro_batch_s, dtype=torch.float64)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.time_s, self.samples = float(state["time_s"]), int(state["samples"])
+        self.iterations, self.eval_bytes = int(state["iterations"]), int(state["eval_bytes"])
+        self.overshoot_s = state["overshoot_s"].tolist()
+        self.micro_batch_s = state["micro_batch_s"].tolist()
+        self.last_update_s = self.time_s
+
+
+def run_node(config: Config, world: World) -> dict[str, Any] | None:
+    """Train this process's node (or parameter-server worker); returns the run summary on rank 0."""
+    if config.topology.nodes != world.size:
+        what = " (the worker count in mode=ps)" if config.mode == "ps" else ""
+        raise ConfigError(f"topology.nodes={config.topology.nodes}{what} but {world.size} processes were "
+                          f"started: set topology.nodes={world.size} or start {config.topology.nodes} processes "
+                          f"(torchrun --nproc_per_node {config.topology.nodes})")
+    return NodeDriver(config, world, spec_for(config.mode, config.algorithm.name)).run()
+
+
+class NodeDriver:
+    """One node's run: build with the config, the world and the spec, then :meth:`run`."""
+
+    def __init__(self, config: Config, world: World, spec: AlgorithmSpec) -> None:
+        build_step, cadence = RUNNERS[spec.runner]
+        self.config, self.world, self.spec = config, world, spec
+        self.name = display_name(spec, config.ps.compressor, config.ps.error_feedback)
+        self.parts: NodeParts = build_parts(config, world, spec)
+        self.flat = self.parts.flat
+        self.cadence = cadence(config.run)
+        self.out = Path(config.run.out_dir)
+        self.start = self._prepare_out_dir()  # collective: every node agrees where the run starts
+        self.step: Step = build_step(self.parts)
+        problem = self.parts.problem
+        self.evaluator = Evaluator(world, problem.eval_set, problem.eval_indices, problem.new_flat_model(world.device),
+                                   replicated=spec.runner is Runner.PS)
+        self.counters = NodeCounters()
+        self._last_loss = float("nan")
+        if self.start:
+            self._restore(self.start)
+        self.iteration = self.start
+
+    # -- the run directory and resume ---------------------------------------------------------------------
+
+    def _prepare_out_dir(self) -> int:
+        """Collective. Rank 0 picks the newest checkpoint every node completed (``run.resume: auto`` and a
+        resumable run), or clears the previous run's files when this run starts over; all agree by broadcast."""
+        run, world = self.config.run, self.world
+        found = torch.zeros(1, dtype=torch.int64, device=world.device)
+        if world.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            done = complete_iterations(self.out, world.size)
+            if resume_refusal(self.config, world.size):
+                found[0] = -1
+            elif run.resume == "auto" and done:
+                found[0] = done[-1]
+            else:
+                clear_run_files(self.out)  # starting over: an older run's checkpoints would outrank ours
+        broadcast(found, world, 0, "agreeing on the checkpoint to resume from")
+        if int(found[0]) < 0:
+            raise ConfigError(resume_refusal(self.config, world.size) or f"run.out_dir={run.out_dir!r} holds "
+                              "checkpoints of a run that does not resume: set run.resume=never")
+        return int(found[0])
+
+    def _node_state(self) -> dict[str, Any]:
+        self.counters.time_s = self.clock.now()
+        return {"params": self.flat.params.detach().cpu().clone(), "sampler": self.parts.sampler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "algorithm": self.step.state_dict(),
+                "counters": self.counters.state_dict()}
+
+    def _restore(self, iteration: int) -> None:
+        """Load this node's checkpoint of ``iteration``; CheckpointError when another run setup wrote it."""
+        path = node_file(self.out, iteration, self.world.rank)
+        state = load_node_checkpoint(path, self.world.rank)
+        params, flat = state.get("params"), self.flat
+        if not isinstance(params, torch.Tensor) or params.shape != flat.params.shape:
+            size = f"{params.numel()} parameters" if isinstance(params, torch.Tensor) else "no model"
+            raise CheckpointError(f"checkpoint {str(path)!r} holds {size} but this config's model has "
+                                  f"{flat.params.numel()}: it comes from a run with another model; use a new "
+                                  "run.out_dir or set run.resume=never")
+        try:
+            with torch.no_grad():
+                flat.params.copy_(params.to(self.world.device))
+            self.parts.sampler.load_state_dict(state["sampler"])
+            torch.set_rng_state(state["torch_rng"])
+            self.step.load_state_dict(state["algorithm"])
+            self.counters.load_state_dict(state["counters"])
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
+            raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run ({type(exc).__name__}: {exc}); "
+                                  "it was written with another config or qtd version: use a new run.out_dir or "
+                                  "set run.resume=never") from None
+        self.step.restored(iteration)
+
+    def _checkpoint(self, number: int) -> None:
+        save_node_checkpoint(self.out, number, self.world.rank, self._node_state())
+        prune_node_checkpoints(self.out, self.world.rank, keep=self.cadence.keep_checkpoints)
+
+    # -- the loop -------------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any] | None:
+        wall_start = time.monotonic()
+        files = RunFiles(self.config, self.world.rank, self.world.size, self.name, self.start)
+        self.files = files
+        try:
+            self.step.ready()
+            self.clock = self.cadence.new_clock(self.counters.time_s)
+            self.step.start(self.clock)
+            point = self._loop()
+            self.step.close()
+            return self._finish(point, time.monotonic() - wall_start)
+        except BaseException:
+            self.step.abort()
+            raise
+        finally:
+            files.close()
+
+    def _loop(self) -> EvalPoint:
+        cadence, counters, progress = self.cadence, self.counters, self.files.progress
+        iteration, stepped, unevaluated, point = self.start, False, False, None
+        while True:
+            now = self.clock.now()
+            if not counters.finished and cadence.finish_due(counters.iterations, now):
+                self.step.finish(counters.iterations)
+                counters.finished, counters.finish_s = True, now
+            if cadence.evaluation_due(iteration, now, unevaluated):
+                point, unevaluated = self._evaluate(iteration), False
+                if cadence.stop_after(point):
+                    break
+            if cadence.checkpoint_due(iteration, stepped):
+                self._checkpoint(iteration)
+            if stepped:
+                progress.update(1, loss=f"{self._last_loss:.3f}",
+                                **({"eval": f"{point.eval_loss:.3f}"} if point is not None else {}))
+            if cadence.done(iteration):
+                break
+            stepped = False
+            if counters.finished:
+                time.sleep(max(cadence.idle_s(self.clock.now(), True), 0.0))
+                continue
+            stats = self.step.step(iteration)
+            iteration += 1
+            stepped = unevaluated = True
+            self._record(iteration, stats)
+        self.iteration = iteration
+        if point is None or unevaluated:  # resumed at the very end: evaluate once more
+            point = self._evaluate(iteration)
+        return point
+
+    def _record(self, iteration: int, stats: StepStats) -> None:
+        counters, files = self.counters, self.files
+        self.clock.add(stats.iteration_s)
+        now = self.clock.now()
+        counters.samples += stats.samples
+        counters.iterations += 1
+        counters.last_update_s = now
+        if self.spec.deadline_bound:
+            counters.overshoot_s.append(stats.compute_s - self.config.algorithm.deadline_s)
+            if stats.micro_batches:
+                counters.micro_batch_s.append(stats.busy_s / stats.micro_batches)
+        self._last_loss = stats.loss
+        bytes_sent = self.step.bytes_sent
+        files.node_log.write({"iteration": iteration, "time_s": now, "samples": stats.samples,
+                              "train_loss": stats.loss, "compute_s": stats.compute_s, "wait_s": stats.wait_s,
+                              "bytes_sent": bytes_sent, "speed": stats.speed, **stats.log})
+        scalars = {"node/train_loss": stats.loss, "node/samples": stats.samples, "node/compute_s": stats.compute_s,
+                   "node/wait_s": stats.wait_s, "node/bytes_sent": bytes_sent, "node/time_s": now}
+        if stats.speed:
+            scalars["node/speed"] = stats.speed
+        files.node_tb.scalars({**scalars, **stats.scalars}, iteration)
+
+    def _evaluate(self, iteration: int) -> EvalPoint:
+        """Collective: every node evaluates at the same point (the cadence guarantees it)."""
+        counters, budget = self.counters, self.config.run.time_budget_s
+        self.clock.pause()
+        what = self.cadence.describe(iteration)
+        mine, sent = self.evaluator(self.flat, what)
+        counters.eval_bytes += sent
+        now = self.clock.now()
+        values = {**mine, "time_s": now, "last_update_s": counters.last_update_s, "iterations": counters.iterations,
+                  "finished": float(counters.finished), "bytes_sent": self.step.bytes_sent,
+                  "eval_bytes": counters.eval_bytes, "samples": counters.samples,
+                  "over_budget": float(bool(budget) and now >= budget), **self.step.eval_values()}
+        table = gather_table(values, self.world, what)
+        position, time_s, columns = self.cadence.position(iteration, table)
+        point = point_from_table(table, position, time_s, {**columns, **self.step.eval_columns(table)})
+        self.cadence.evaluated()
+        if self.files.metrics is not None:
+            self.files.metrics.write(point.row())
+            self.files.global_tb.scalars({**eval_scalars(point), **self.step.eval_scalars(point.columns)},
+                                         point.iteration)
+        self.clock.resume()
+        return point
+
+    def _finish(self, point: EvalPoint, wall_s: float) -> dict[str, Any] | None:
+        counters, world = self.counters, self.world
+        self.step.before_final_checkpoint(self.iteration)
+        self._checkpoint(self.cadence.final_checkpoint(self.iteration))
+        values = {"samples_per_iteration": counters.samples / max(counters.iterations, 1),
+                  "bytes_sent": self.step.bytes_sent, "iterations": counters.iterations,
+                  "finish_s": counters.finish_s,
+                  "overshoot_p99": _p99(counters.overshoot_s), "micro_batch_p99": _p99(counters.micro_batch_s),
+                  **self.step.eval_values()}
+        table = gather_table(values, world, "collecting the run summary")
+        extra: dict[str, Any] = {}
+        if self.spec.deadline_bound:
+            extra["deadline_overshoot_p99_s"] = float(table["overshoot_p99"].max())
+            extra["micro_batch_p99_s"] = float(table["micro_batch_p99"].max())
+        extra.update(self.cadence.summary_values())
+        extra.update(self.step.summary_values(table))
+        summary = build_summary(algorithm=self.name, spec=self.spec, config=self.config, nodes=world.size,
+                                point=point, samples_per_iteration=table["samples_per_iteration"],
+                                bytes_sent_per_node=table["bytes_sent"], backend=world.backend,
+                                device=str(world.device), wall_s=wall_s, extra=extra)
+        if world.rank != 0:
+            return None
+        write_json_atomic(self.out / "summary.json", summary)
+        self.files.global_tb.hparams(flat_hparams(self.config), {"hparam/eval_loss": point.eval_loss,
+                                                                 "hparam/eval_accuracy": point.eval_accuracy,
+                                                                 "hparam/time_s": point.time_s})
+        return summary
+
+
+def _p99(values: list[float]) -> float:
+    return float(np.percentile(values, 99)) if values else 0.0

@@ -1,0 +1,67 @@
+"""The real runs' evaluation collective: the network's model evaluated, every node's counters gathered.
+
+:class:`Evaluator` averages the nodes' models (one all-reduce, counted apart from the algorithm's bytes
+as ``eval_bytes``) and evaluates the average on this node's shard of the evaluation set;
+:func:`gather_table` collects every node's counters into one table, from which
+:func:`qtd.engine.points.point_from_table` makes the evaluation point every node agrees on.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..comm import World, all_reduce_sum, ring_allreduce_bytes
+from ..data import ArrayDataset
+from ..models import FlatModel
+from .points import evaluate_sum
+
+
+def gather_table(values: Mapping[str, float], world: World, what: str) -> dict[str, np.ndarray]:
+    """Collective: every node contributes the same keys; returns key -> one float64 value per node."""
+    keys = list(values)
+    k = len(keys)
+    table = torch.zeros(world.size * k, dtype=torch.float64, device=world.device)
+    table[world.rank * k:(world.rank + 1) * k] = torch.tensor([float(values[key]) for key in keys],
+                                                              dtype=torch.float64)
+    all_reduce_sum(table, world, what)
+    rows = table.cpu().numpy().reshape(world.size, k)
+    return {key: rows[:, i] for i, key in enumerate(keys)}
+
+
+class Evaluator:
+    """Collective: every node calls it at the same evaluation point.
+
+    ``replicated=False`` (decentralized runs): the network-average model is evaluated, and the consensus
+    error is the mean squared distance of the nodes' models from it. ``replicated=True`` (parameter-server
+    mode): every rank holds a replica of one model, which is evaluated as it is; the "consensus error" is
+    the replicas' drift, computed in float64 so that identical replicas give exactly 0.
+    """
+
+    def __init__(self, world: World, eval_set: ArrayDataset, eval_indices: Tensor, average: FlatModel,
+                 replicated: bool = False) -> None:
+        self.world, self.eval_set, self.replicated = world, eval_set, replicated
+        self.average = average
+        self.shard = eval_indices[world.rank::world.size]
+
+    def __call__(self, flat: FlatModel, what: str) -> tuple[dict[str, float], int]:
+        """This node's (deviation, loss_sum, correct, count) and the evaluation bytes it sent."""
+        world = self.world
+        if self.replicated:
+            x = flat.params.detach().to(torch.float64)
+            average = all_reduce_sum(x.clone(), world, what).div_(world.size)
+            module = flat.module
+        else:
+            x = flat.params.detach()
+            average = self.average.params
+            average.copy_(x)
+            all_reduce_sum(average, world, what)
+            average.div_(world.size)
+            module = self.average.module
+        sent = ring_allreduce_bytes(x.numel() * x.element_size(), world.size)
+        deviation = float(((x - average) ** 2).sum())
+        loss_sum, correct, count = evaluate_sum(module, self.eval_set, self.shard, world.device)
+        return {"deviation": deviation, "loss_sum": loss_sum, "correct": correct, "count": count}, sent

@@ -1,0 +1,67 @@
+"""One step object per way of running (:class:`qtd.algorithms.Runner`), built from a node's parts.
+
+Adding an algorithm that runs like an existing one needs no change here: its spec says everything.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ...algorithms import Runner
+from ...comm import AsyncNeighbourChannel
+from ...compress import message_nbytes
+from ..cadence import IterationCadence, TrainingTimeCadence
+from .allreduce import AllReduceStep
+from .async_ import AsyncDSGDStep
+from .base import GradientSource, Step, StepStats
+from .gossip import GossipStep
+from .ps import PSStep, build_codec
+
+
+def _gossip(parts) -> GossipStep:
+    algo, config = parts.config.algorithm, parts.config
+    deadline = algo.deadline_s if parts.spec.deadline_bound else None
+    return GossipStep(parts.world, parts.spec, parts.flat, parts.gradients(algo.batch_size, deadline,
+                                                                            algo.micro_batch_size),
+                      parts.view, config.compression.bits, parts.sizes, algo.overlap, config.run.seed, parts.link)
+
+
+def _collective(parts) -> AllReduceStep:
+    algo = parts.config.algorithm
+    return AllReduceStep(parts.world, parts.spec, parts.flat,
+                         parts.gradients(algo.batch_size, None, algo.micro_batch_size), parts.sizes, parts.link)
+
+
+def _async(parts) -> AsyncDSGDStep:
+    """Collective (the channel creates its gloo group): every node builds its step at the same time."""
+    config, algo = parts.config, parts.config.algorithm
+    channel = AsyncNeighbourChannel(parts.world, parts.view.neighbours,
+                                    message_nbytes(parts.flat.numel, config.compression.bits), algo.max_in_flight,
+                                    parts.link, config.comm.timeout_s)
+    return AsyncDSGDStep(parts.world, parts.spec, parts.flat,
+                         parts.gradients(algo.batch_size, None, algo.micro_batch_size), parts.view,
+                         config.compression.bits, parts.sizes, config.run.seed, channel)
+
+
+def _ps(parts) -> PSStep:
+    ps = parts.config.ps
+    return PSStep(parts.world, parts.flat, parts.gradients(ps.batch_size, None, ps.batch_size),
+                  build_codec(ps, parts.flat), ps, len(parts.problem.splits.train))
+
+
+# runner -> (step builder, cadence class)
+RUNNERS: dict[Runner, tuple[Callable, type]] = {
+    Runner.GOSSIP: (_gossip, IterationCadence),
+    Runner.COLLECTIVE: (_collective, IterationCadence),
+    Runner.ASYNC: (_async, TrainingTimeCadence),
+    Runner.PS: (_ps, IterationCadence),
+}
+
+
+
+def build_step(parts) -> Step:
+    """The step object of ``parts.spec``'s runner (collective for asynchronous runs: see ``_async``)."""
+    return RUNNERS[parts.spec.runner][0](parts)
+
+
+__all__ = ["build_step", "AllReduceStep", "AsyncDSGDStep", "GossipStep", "GradientSource", "PSStep", "RUNNERS", "Step", "StepStats"]
