@@ -25,7 +25,12 @@ class WireFormatError(QtdError, ValueError):
 
 
 class PeerError(QtdError, RuntimeError):
-    """A peer process that died, stalled past the timeout or sent something unusable."""
+    """A peer process that died, stalled past the timeout or sent something unusable. ``culprit`` is the
+    node that caused it, where it is known (the launcher's last line names it)."""
+
+    def __init__(self, message: str, culprit: int | None = None) -> None:
+        super().__init__(message)
+        self.culprit = culprit
 
 
 class CheckpointError(QtdError, ValueError):

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import time
 from typing import Sequence
 
-from .comm import close_world, init_world
+from .comm import close_world, init_world, record_blame
 from .config import load_config
 from .errors import PeerError, QtdError
 
@@ -24,7 +26,12 @@ def train_command(config_path: str, overrides: Sequence[str]) -> int:
     try:
         run_node(config, world)
     except PeerError as exc:
-        print(f"qtd: node {world.rank}: error: {exc}", file=sys.stderr, flush=True)
+        record_blame(world, exc)  # the other nodes follow it to the cause
+        line = f"qtd: node {world.rank}: error: {exc}"
+        print(line, file=sys.stderr, flush=True)
+        _tell_the_launcher(line, exc.culprit)
+        if world.rank == 0:  # node 0 hosts the rendezvous store: keep it up while the others read who failed
+            time.sleep(STORE_GRACE_S)
         # Sends and receives still posted to a dead peer would block a clean shutdown: leave now.
         os._exit(1)
     except QtdError as exc:
@@ -34,6 +41,21 @@ def train_command(config_path: str, overrides: Sequence[str]) -> int:
         os._exit(130)
     close_world(world)
     return 0
+
+
+STORE_GRACE_S = 4.0  # > the heartbeat settle time (1.5 s) plus a reading of the store
+
+
+def _tell_the_launcher(line: str, culprit: int | None) -> None:
+    """torchrun gives each node a file for its last words; qtd's launcher reads whom every node blamed."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path:
+        return
+    try:
+        with open(path, "w") as handle:
+            json.dump({"message": line, "timestamp": int(time.time()), "qtd_culprit": culprit}, handle)
+    except OSError:
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -144,16 +144,25 @@ def test_quantized_messages_over_slow_links_with_iteration_budgets(tmp_path):
     assert rows[-1]["nodes_finished"] == NODES and rows[-2]["nodes_finished"] < NODES
 
 
-def test_async_refuses_to_resume_over_checkpoints(tmp_path):
-    from qtd.engine.resume import resume_refusal
+def test_async_runs_do_not_resume_but_a_complete_one_is_left_alone(tmp_path):
+    from qtd.engine.resume import preflight, run_settings
     from qtd.metrics import save_node_checkpoint
     out = tmp_path / "run"
     config = load_config("configs/quickstart.yaml", ["algorithm.name=async_dsgd", "topology.nodes=2",
                                                      f"run.out_dir={out}"])
-    assert resume_refusal(config, 2) is None
+    assert preflight(config, 2) is None  # nothing there yet
+    settings = json.dumps(run_settings(config), sort_keys=True)
+    for rank in range(2):  # a checkpoint that is not the final one: an async run cannot continue from it
+        save_node_checkpoint(out, 3, rank, {"params": torch.zeros(1), "settings": settings, "final": False})
+    with pytest.raises(ConfigError, match="does not resume .* set run.resume=never"):
+        preflight(config, 2)
     for rank in range(2):
-        save_node_checkpoint(out, 3, rank, {"params": torch.zeros(1)})
-    assert "does not resume" in resume_refusal(config, 2) and "run.resume=never" in resume_refusal(config, 2)
+        save_node_checkpoint(out, 4, rank, {"params": torch.zeros(1), "settings": settings, "final": True})
+    assert "already holds this run, complete" in preflight(config, 2)
+    other = load_config("configs/quickstart.yaml", ["algorithm.name=async_dsgd", "topology.nodes=2",
+                                                    f"run.out_dir={out}", "algorithm.alpha=0.9"])
+    with pytest.raises(ConfigError, match="algorithm.alpha=0.5 there, 0.9 here"):
+        preflight(other, 2)
     never = load_config("configs/quickstart.yaml", ["algorithm.name=async_dsgd", "topology.nodes=2",
                                                     f"run.out_dir={out}", "run.resume=never"])
-    assert resume_refusal(never, 2) is None
+    assert preflight(never, 2) is None

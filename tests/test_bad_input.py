@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from qtd.config import Config, config_from_dict, load_config, read_yaml
 from qtd.config.schema import ALLOWED_BITS, MAX_NODES, MAX_SEED
 from qtd.errors import CheckpointError, QtdError
-from qtd.metrics.checkpoint import load_node_checkpoint, save_node_checkpoint
+from qtd.metrics.checkpoint import FORMAT, content_checksum, load_node_checkpoint, save_node_checkpoint
 from qtd.topology import build_topology
 from tests.harness import REPO, run_qtd, run_single_node
 
@@ -247,12 +247,17 @@ def test_corrupted_or_random_files_never_escape_as_other_errors(tmp_path_factory
     assert isinstance(outcome, (CheckpointError, dict))  # a flip in padding may leave a readable file
 
 
+def _sealed(content: dict) -> dict:
+    return {**content, "checksum": content_checksum(content)}
+
+
 foreign_objects = st.one_of(
     junk, st.builds(torch.zeros, st.integers(0, 5)),
     st.dictionaries(st.text(max_size=8), junk, max_size=4),
-    st.builds(lambda rank: {"format": "qtd-checkpoint-1", "iteration": 1, "rank": rank},
+    st.builds(lambda rank: _sealed({"format": FORMAT, "iteration": 1, "rank": rank}),
               st.integers(-5, 50).filter(lambda r: r != 1)),
-    st.builds(lambda fmt: {"format": fmt, "rank": 1}, st.text(max_size=20).filter(lambda f: f != "qtd-checkpoint-1")),
+    st.builds(lambda fmt: {"format": fmt, "rank": 1},
+              st.text(max_size=20).filter(lambda f: not f.startswith("qtd-checkpoint-"))),
 )
 
 
@@ -264,6 +269,26 @@ def test_foreign_files_are_refused_naming_what_they_are_not(tmp_path_factory, ob
     outcome = _load_expecting_error(tmp_path_factory, buffer.getvalue())
     assert isinstance(outcome, CheckpointError), outcome
     assert "not a qtd checkpoint" in str(outcome) or "belongs to node" in str(outcome), str(outcome)
+
+
+def test_a_single_flipped_bit_in_a_saved_model_is_caught(tmp_path):
+    """torch.load does not check what it reads: a flipped exponent bit once loaded as a parameter of 1.5e37."""
+    params = torch.linspace(-1, 1, 257)
+    path = save_node_checkpoint(tmp_path, 10, 1, {"params": params})
+    raw = bytearray(path.read_bytes())
+    where = bytes(raw).find(params.numpy().tobytes())
+    assert where > 0  # the tensor is stored as its raw bytes
+    raw[where + 4 * 100 + 3] ^= 0x40  # one exponent bit of params[100]
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="is damaged: its content does not match the checksum"):
+        load_node_checkpoint(path, 1)
+
+
+def test_checkpoints_of_an_older_format_say_so(tmp_path_factory):
+    buffer = io.BytesIO()
+    torch.save({"format": "qtd-checkpoint-1", "iteration": 1, "rank": 1, "params": torch.zeros(3)}, buffer)
+    outcome = _load_expecting_error(tmp_path_factory, buffer.getvalue())
+    assert isinstance(outcome, CheckpointError) and "written by an older qtd" in str(outcome)
 
 
 def test_pickles_of_arbitrary_classes_and_missing_files_are_refused(tmp_path_factory, tmp_path):
@@ -353,13 +378,13 @@ def test_resuming_from_a_truncated_or_foreign_checkpoint_is_one_line(tmp_path):
     first = _single_node(tmp_path, tiny + ["run.iterations=5"])
     assert first.returncode == 0, first.stderr[-3000:]
     checkpoint = tmp_path / "run" / "checkpoints" / "iter_00000005" / "node_000.pt"
-    # another model in the same run directory: the checkpoint does not fit
+    # another model in the same run directory: its settings differ, and the line says which
     line = _node_error(_single_node(tmp_path, tiny[:2] + ["model.hidden=[16]", "run.iterations=10"]))
-    assert str(checkpoint) in line and "run.resume=never" in line and "another model" in line
-    # a truncated file (a copy cut short, a full disk)
+    assert "model.hidden=[8] there, [16] here" in line and "run.resume=never" in line
+    # a truncated file (a copy cut short, a full disk), and no older checkpoint to fall back to
     checkpoint.write_bytes(checkpoint.read_bytes()[:200])
     line = _node_error(_single_node(tmp_path, tiny + ["run.iterations=10"]))
-    assert str(checkpoint) in line and "truncated" in line and "run.resume=never" in line
+    assert "iteration 5 damaged on node(s) 0" in line and "run.resume=never" in line
     # and the advice works
     again = _single_node(tmp_path, tiny + ["run.iterations=10", "run.resume=never"])
     assert again.returncode == 0, again.stderr[-3000:]

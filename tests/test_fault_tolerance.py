@@ -84,6 +84,7 @@ def test_a_killed_node_is_restarted_and_the_run_loses_at_most_one_checkpoint_int
             assert launch.poll() is None and time.monotonic() < deadline, \
                 f"the run ended or stalled before iteration {kill_at}: {launch.stderr.read()[-3000:]}"
             time.sleep(0.005)
+        last_before = _iterations(victim_log)[-1]
         first_group = _node_processes(launch.pid)
         assert sorted(first_group) == list(range(NODES)), first_group
         os.kill(first_group[VICTIM], signal.SIGKILL)
@@ -105,16 +106,18 @@ def test_a_killed_node_is_restarted_and_the_run_loses_at_most_one_checkpoint_int
     # the lost peer is named, in one line, with no traceback from qtd
     # (a neighbour names it when the exchange fails; a failed all-reduce cannot tell which peer died, and then
     # torchrun's own line names it)
-    assert (re.search(rf"^qtd: node [13]: error: .*node {VICTIM} failed", stderr, re.M)
+    # (a node that noticed names it; torchrun may stop the others before they notice, and then its own line
+    # and qtd's last line name it)
+    assert (re.search(rf"^qtd: node [013]: error: .*node {VICTIM} (failed|stopped)", stderr, re.M)
             or re.search(rf"failed \(exitcode: -9\) local_rank: {VICTIM} ", stderr)), where
     assert "Traceback" not in stderr, where
 
-    # node 2 logged 1..k, died, and the restarted group went on from the newest complete checkpoint r
-    logged = _iterations(victim_log)
-    drop = next(i for i in range(1, len(logged)) if logged[i] <= logged[i - 1])
-    last_before, resumed_from = logged[drop - 1], logged[drop] - 1
-    assert logged[:drop] == list(range(1, last_before + 1)), where
-    assert logged[drop:] == list(range(resumed_from + 1, ITERATIONS + 1)), where
+    # node 2 logged 1..k and died; the restarted group went on from the newest complete checkpoint r <= k and
+    # cut every node's log back to r, so each iteration is logged once
+    resumed = [int(r) for r in re.findall(r"^qtd: resuming from the checkpoint at iteration (\d+)", stderr, re.M)]
+    assert len(resumed) == 1, where
+    resumed_from = resumed[0]
+    assert _iterations(victim_log) == list(range(1, ITERATIONS + 1)), where
     assert resumed_from % EVERY == 0 and 0 <= last_before - resumed_from <= EVERY, (last_before, resumed_from)
     assert resumed_from >= EVERY  # the kill came after the first checkpoint, so it was used
 
@@ -122,7 +125,7 @@ def test_a_killed_node_is_restarted_and_the_run_loses_at_most_one_checkpoint_int
     assert summary["iterations"] == ITERATIONS and summary["nodes"] == NODES
     assert [row["iteration"] for row in read_jsonl(out / "metrics.jsonl")] == list(range(EVERY, ITERATIONS + 1, EVERY))
     for rank in range(NODES):
-        assert set(_iterations(out / "nodes" / f"node_{rank:03d}.jsonl")) == set(range(1, ITERATIONS + 1))
+        assert _iterations(out / "nodes" / f"node_{rank:03d}.jsonl") == list(range(1, ITERATIONS + 1))
 
     # ... and ended with the models an uninterrupted run computes (so with its accuracy, too)
     config = load_config(out / "config.yaml")

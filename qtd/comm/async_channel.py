@@ -127,6 +127,7 @@ class AsyncNeighbourChannel:
         self._lock = threading.Lock()
         self._peers = {j: _Peer(j, self.wire_nbytes, max_in_flight, self._lock) for j in self.neighbours}
         self._error: str | None = None
+        self._culprit: int | None = None  # the neighbour the first failure involved
         self._echo: tuple[str, float] | None = None  # see _record_failure
         self._aborted = False
         self._finishing = False
@@ -227,7 +228,7 @@ class AsyncNeighbourChannel:
         if late:
             self.abort()
             raise PeerError(f"node {self.world.rank} finished, but node(s) {late} did not complete the final "
-                            f"exchange within {timeout_s if timeout_s is not None else self.timeout_s:g} s")
+                            f"exchange within {timeout_s if timeout_s is not None else self.timeout_s:g} s", late[0])
 
     def abort(self) -> None:
         """Stop the threads' Python-side loops; threads blocked in gloo stay blocked (daemons)."""
@@ -243,7 +244,7 @@ class AsyncNeighbourChannel:
         if self._error is None and self._echo is not None and time.monotonic() - self._echo[1] > _ECHO_GRACE_S:
             self._error = self._echo[0]
         if self._error is not None:
-            raise PeerError(self._error)
+            raise PeerError(self._error, self._culprit)
 
     def _fail(self, peer: _Peer, verb: str, exc: BaseException) -> None:
         with self._lock:
@@ -270,6 +271,7 @@ class AsyncNeighbourChannel:
                    "check its log")
         if self._error is None:
             self._error = f"asynchronous exchange on node {self.world.rank}: {why}"
+            self._culprit = peer.rank
         for other in self._peers.values():
             other.send_cond.notify_all()
             other.recv_cond.notify_all()

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import PeerError
-from .group import World, _short, wait_works
+from .group import World, _short, peer_failure, wait_works
 from ..costs import LinkModel
 
 _STAMP_BYTES = 8  # float64 send time, appended only when links are emulated; not part of the message
@@ -18,7 +18,7 @@ _STAMP_BYTES = 8  # float64 send time, appended only when links are emulated; no
 
 @dataclass
 class PendingExchange:
-    works: list[tuple[object, str]]
+    works: list[tuple[object, int | None]]  # (work, the peer it waits for, where one)
     iteration: int
     posted_at: float
 
@@ -71,7 +71,7 @@ class NeighbourExchange:
         if self.link:
             stamp = torch.tensor([time.time()], dtype=torch.float64).view(torch.uint8)
             self._send[self.message_nbytes:].copy_(stamp)
-        works: list[tuple[object, str]] = []
+        works: list[tuple[object, int | None]] = []
         use_batch = self.world.backend == "nccl"
         if use_batch and self.neighbours:
             ops = [dist.P2POp(dist.irecv, self._recv[j], j) for j in self.neighbours]
@@ -81,16 +81,16 @@ class NeighbourExchange:
             except RuntimeError as exc:
                 raise PeerError(f"iteration {iteration}: posting the exchange with nodes "
                                 f"{list(self.neighbours)} failed ({_short(exc)})") from None
-            works = [(w, f"neighbour exchange at iteration {iteration}") for w in batch]
+            works = [(w, None) for w in batch]
         else:
             for op, verb in ((dist.irecv, "receive from"), (dist.isend, "send to")):
                 for j in self.neighbours:
                     buffer = self._recv[j] if op is dist.irecv else self._send
                     try:
-                        works.append((op(buffer, j), f"node {j}"))
+                        works.append((op(buffer, j), j))
                     except RuntimeError as exc:
-                        raise PeerError(f"iteration {iteration}: cannot {verb} node {j} ({_short(exc)}); "
-                                        f"node {j} probably crashed or was killed, check its log") from None
+                        raise peer_failure(self.world, f"iteration {iteration}: cannot {verb} node {j}", j,
+                                           exc) from None
         for j in self.neighbours:
             self.sent.add(j, self.message_nbytes)
         return PendingExchange(works=works, iteration=iteration, posted_at=time.monotonic())

@@ -76,6 +76,12 @@ def init_world(backend: str = "auto", timeout_s: float = 60.0) -> World:
                  timeout_s=timeout_s, heartbeat=heartbeat)
 
 
+def record_blame(world: World, error: PeerError) -> None:
+    """Before this node leaves after ``error``: let the others (and the launcher) know whom it blames."""
+    if world.heartbeat is not None:
+        world.heartbeat.record_blame(error.culprit)
+
+
 def close_world(world: World | None) -> None:
     """Stop the world's heartbeat and leave the process group (``destroy_process_group``)."""
     if world is not None and world.heartbeat is not None:
@@ -84,24 +90,39 @@ def close_world(world: World | None) -> None:
         dist.destroy_process_group()
 
 
-def peer_failure(world: World, what: str, peer: str, exc: BaseException) -> PeerError:
-    """The error for a peer whose connection broke, naming the node that died where heartbeats tell."""
-    silent = world.heartbeat.silent_nodes() if world.heartbeat is not None else ""
-    if silent:
-        return PeerError(f"{what}: {silent}; check that node's log ({_short(exc)})")
-    return PeerError(f"{what}: {peer} failed ({_short(exc)}); it probably crashed or was killed, check its log")
+def _name(peer: int | None) -> str:
+    return "a peer" if peer is None else f"node {peer}"
 
 
-def wait_works(works: Sequence[tuple[object, str]], world: World, what: str) -> None:
-    """Wait for every (work, peer description) pair, at most ``world.timeout_s`` seconds in all.
+def peer_failure(world: World, what: str, peer: int | None, exc: BaseException) -> PeerError:
+    """The error for a peer whose connection broke, naming the node that caused it where the heartbeats and
+    blame records tell (a neighbour that left because of another node points to that one)."""
+    culprit, how = world.heartbeat.culprit(peer) if world.heartbeat is not None else (peer, "")
+    if how:
+        return PeerError(f"{what}: {how}; check that node's log ({_short(exc)})", culprit)
+    return PeerError(f"{what}: {_name(peer)} failed ({_short(exc)}); it probably crashed or was killed, check its "
+                     "log", culprit)
 
-    A stalled peer ends in a PeerError that names it, not a hang; a peer that died surfaces as the
-    backend's error, also turned into a PeerError naming it. Gloo's point-to-point works only complete
-    inside ``wait``, so they are waited on with the remaining time; CUDA (NCCL) works are polled, since
-    their ``wait`` only orders streams and does not block the host.
+
+def stall_error(world: World, what: str, peer: int | None) -> PeerError:
+    """Nothing from ``peer`` within the timeout: it stalled, or it waits itself on a node that did."""
+    culprit, how = world.heartbeat.culprit(peer) if world.heartbeat is not None else (peer, "")
+    cause = f"; {how}" if how and (culprit != peer or "unreachable" in how) else ""
+    stalled = _name(culprit)
+    return PeerError(f"{what}: nothing from {_name(peer)} within comm.timeout_s={world.timeout_s:g} s{cause}; "
+                     f"{stalled} stalled or died (raise comm.timeout_s if it is only slow)", culprit)
+
+
+def wait_works(works: Sequence[tuple[object, int | None]], world: World, what: str) -> None:
+    """Wait for every (work, peer rank or None) pair, at most ``world.timeout_s`` seconds in all.
+
+    A stalled peer ends in a PeerError that names it (or the node it waits on in turn), not a hang; a peer
+    that died surfaces as the backend's error, also turned into a PeerError naming the cause. Gloo's
+    point-to-point works only complete inside ``wait``, so they are waited on one by one with the remaining
+    time, and the one that times out names its peer; CUDA (NCCL) works are polled, since their ``wait``
+    only orders streams and does not block the host.
     """
-    timeout_s = world.timeout_s
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + world.timeout_s
     pending = list(works)
     pause = 2e-5
     while pending:
@@ -118,18 +139,13 @@ def wait_works(works: Sequence[tuple[object, str]], world: World, what: str) -> 
                     work.wait(timeout=datetime.timedelta(seconds=max(remaining, 0.001)))
             except RuntimeError as exc:
                 if "timed out" in str(exc).lower():
-                    still.append((work, peer))
-                    names = ", ".join(dict.fromkeys(p for _, p in still + pending[len(still):]))
-                    raise PeerError(f"{what}: nothing from {names} within comm.timeout_s={timeout_s:g} s; that "
-                                    "peer stalled or died (raise comm.timeout_s if it is only slow)") from None
+                    raise stall_error(world, what, peer) from None
                 raise peer_failure(world, what, peer, exc) from None
         pending = still
         if not pending:
             return
         if time.monotonic() > deadline:
-            names = ", ".join(dict.fromkeys(peer for _, peer in pending))
-            raise PeerError(f"{what}: nothing from {names} within comm.timeout_s={timeout_s:g} s; that peer "
-                            "stalled or died (raise comm.timeout_s if it is only slow)")
+            raise stall_error(world, what, pending[0][1])
         time.sleep(pause)
         pause = min(pause * 2, 2e-3)
 
@@ -148,8 +164,8 @@ def all_reduce_sum(tensor: torch.Tensor, world: World, what: str = "all-reduce")
     try:
         work = dist.all_reduce(tensor, op=dist.ReduceOp.SUM, async_op=True)
     except RuntimeError as exc:
-        raise peer_failure(world, what, "a peer", exc) from None
-    wait_works([(work, "a peer")], world, what)
+        raise peer_failure(world, what, None, exc) from None
+    wait_works([(work, None)], world, what)
     return tensor
 
 
@@ -178,8 +194,8 @@ def all_gather_bytes(message: Tensor, world: World, what: str = "all-gather",
     try:
         work = gather(out.view(-1), message, async_op=True)
     except RuntimeError as exc:
-        raise peer_failure(world, what, "a peer", exc) from None
-    wait_works([(work, "a peer")], world, what)
+        raise peer_failure(world, what, None, exc) from None
+    wait_works([(work, None)], world, what)
     return out
 
 
@@ -190,8 +206,8 @@ def broadcast(tensor: torch.Tensor, world: World, src: int = 0, what: str = "bro
     try:
         work = dist.broadcast(tensor, src=src, async_op=True)
     except RuntimeError as exc:
-        raise peer_failure(world, what, "a peer", exc) from None
-    wait_works([(work, f"node {src}")], world, what)
+        raise peer_failure(world, what, None, exc) from None
+    wait_works([(work, src)], world, what)
     return tensor
 
 

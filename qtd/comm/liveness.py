@@ -1,8 +1,12 @@
-"""Heartbeats in the rendezvous store, so that a failed collective can name the node that died.
+"""Who caused a failure: heartbeats and blame records in the rendezvous store.
 
-A collective (all-reduce, all-gather) that fails because a process was killed reports only a lost
-connection. Every node therefore writes its wall-clock time to the store from a background thread;
-after a failure, the nodes whose heartbeat stopped first are the ones that died.
+A collective that fails because a process was killed reports only a lost connection, and a node that
+waits on a neighbour which is itself stuck behind a stalled node would blame the neighbour. So every node
+stamps its wall-clock time into the store from a background thread (a SIGSTOP-ed or killed process stops
+stamping), and a node that gives up writes whom it blames before it leaves. :meth:`Heartbeat.culprit`
+then follows the chain: a silent node that recorded no blame stopped or died on its own and is the
+cause; a node that left because of another points to that one. Every node, and the launcher, thus
+names the same node.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import time
 import torch.distributed as dist
 
 PERIOD_S = 0.5
-_KEY = "qtd/alive/{}"
+_ALIVE = "qtd/alive/{}"
+_BLAME = "qtd/blame/{}"
 
 
 class Heartbeat:
@@ -24,41 +29,65 @@ class Heartbeat:
         self.rank, self.size = rank, size
         self._store = dist.distributed_c10d._get_default_store()
         self._stop = threading.Event()
-        self._store.set(_KEY.format(rank), repr(time.time()))
+        self._store.set(_ALIVE.format(rank), repr(time.time()))
         self._thread = threading.Thread(target=self._run, name="qtd-heartbeat", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.wait(PERIOD_S):
             try:
-                self._store.set(_KEY.format(self.rank), repr(time.time()))
+                self._store.set(_ALIVE.format(self.rank), repr(time.time()))
             except RuntimeError:  # the store's host is gone; the training loop reports the failure
                 return
 
     def stop(self) -> None:
         self._stop.set()
 
-    def silent_nodes(self, settle_s: float = 3 * PERIOD_S) -> str:
-        """After a failure: which nodes stopped beating, oldest silence first, as a phrase for a message.
+    def record_blame(self, culprit: int | None) -> None:
+        """Before this node leaves after a failure: whom it blames (-1: it could not tell)."""
+        try:
+            self._store.set(_BLAME.format(self.rank), str(-1 if culprit is None else culprit))
+        except RuntimeError:
+            pass
 
-        Waits ``settle_s`` so that a node killed a moment ago has missed its beats.
-        """
-        time.sleep(settle_s)
+    def _read(self) -> tuple[dict[int, float], dict[int, int]] | None:
+        """(last heartbeat per node, recorded blame per node), or None when the store is unreachable."""
         try:
             self._store.set_timeout(datetime.timedelta(seconds=2))
-            now = time.time()
-            last = {}
+            beats, blames = {}, {}
             for rank in range(self.size):
-                if rank != self.rank and self._store.check([_KEY.format(rank)]):
-                    last[rank] = float(self._store.get(_KEY.format(rank)))
+                if rank == self.rank:
+                    continue
+                if self._store.check([_ALIVE.format(rank)]):
+                    beats[rank] = float(self._store.get(_ALIVE.format(rank)))
+                if self._store.check([_BLAME.format(rank)]):
+                    blames[rank] = int(self._store.get(_BLAME.format(rank)))
+            return beats, blames
         except (RuntimeError, ValueError):
-            return "the rendezvous store is unreachable too, so the node hosting it (node 0 or the launcher) is gone"
-        silent = sorted((t, r) for r, t in last.items() if now - t > 2 * PERIOD_S)
-        if not silent:
-            return ""
-        first_t, first = silent[0]
-        text = f"node {first} stopped (no heartbeat for {now - first_t:.1f} s)"
-        others = [r for _, r in silent[1:]]
-        if others:
-            text += f", then node{'s' if len(others) > 1 else ''} {', '.join(map(str, others))}"
-        return text
+            return None
+
+    def culprit(self, suspect: int | None, settle_s: float = 3 * PERIOD_S) -> tuple[int | None, str]:
+        """After a failure: the node that caused it, and a phrase saying how it is known.
+
+        Waits ``settle_s`` so that a node killed a moment ago has missed its beats. ``suspect`` is the
+        peer this node was waiting for, if any.
+        """
+        time.sleep(settle_s)
+        seen = self._read()
+        if seen is None:
+            return (suspect if suspect is not None else 0), (
+                "the rendezvous store is unreachable too, so the node hosting it (node 0, or the launcher) is gone")
+        beats, blames = seen
+        now = time.time()
+        silent = sorted((t, r) for r, t in beats.items() if now - t > 2 * PERIOD_S and r not in blames)
+        if silent:  # stopped or died without saying why: the cause
+            stopped_t, node = silent[0]
+            return node, f"node {node} stopped (no heartbeat for {now - stopped_t:.1f} s)"
+        node, chain = suspect, []
+        while node is not None and node in blames and blames[node] >= 0 and node not in chain:
+            chain.append(node)
+            node = blames[node]
+        if chain and node is not None and node != self.rank:
+            via = ", ".join(f"node {r}" for r in chain)
+            return node, f"node {node} failed first ({via} left because of it)"
+        return suspect, ""

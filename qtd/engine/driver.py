@@ -8,6 +8,8 @@ iteration is its step object's (:mod:`.steps`), chosen by the runner of its spec
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,10 +27,13 @@ from ..metrics import (complete_iterations, load_node_checkpoint, node_file, pru
 from .evaluate import Evaluator, gather_table
 from .points import EvalPoint, eval_scalars, point_from_table
 from .parts import NodeParts, build_parts
-from .resume import resume_refusal
+from .resume import existing_summary, resume_verdict, run_settings
 from .run_files import RunFiles, clear_run_files, flat_hparams
 from .steps import RUNNERS, Step, StepStats
 from .summary import build_summary
+
+
+MAX_CANDIDATES = 4  # newest complete checkpoints looked at on resume (each node keeps its two newest)
 
 
 @dataclass
@@ -80,6 +85,9 @@ class NodeDriver:
         self.flat = self.parts.flat
         self.cadence = cadence(config.run)
         self.out = Path(config.run.out_dir)
+        self.settings = json.dumps(run_settings(config), sort_keys=True)
+        self.completion: str | None = None  # the run is complete already: this line says so
+        self._resume_state: dict[str, Any] | None = None
         self.start = self._prepare_out_dir()  # collective: every node agrees where the run starts
         self.step: Step = build_step(self.parts)
         problem = self.parts.problem
@@ -87,42 +95,64 @@ class NodeDriver:
                                    replicated=spec.runner is Runner.PS)
         self.counters = NodeCounters()
         self._last_loss = float("nan")
-        if self.start:
-            self._restore(self.start)
+        if self._resume_state is not None and self.completion is None:
+            self._restore(self.start, self._resume_state)
+        self._resume_state = None
         self.iteration = self.start
 
     # -- the run directory and resume ---------------------------------------------------------------------
 
     def _prepare_out_dir(self) -> int:
-        """Collective. Rank 0 picks the newest checkpoint every node completed (``run.resume: auto`` and a
-        resumable run), or clears the previous run's files when this run starts over; all agree by broadcast."""
+        """Collective: where this run starts (0: from scratch). Rank 0 lists the checkpoints every node
+        completed (``run.resume: auto``), or clears the previous run's files when this run starts over;
+        every node then checks its own files, newest first, and all agree on the newest checkpoint that is
+        intact on every node. Its settings must be this config's; a final one means the run is complete."""
         run, world = self.config.run, self.world
-        found = torch.zeros(1, dtype=torch.int64, device=world.device)
+        candidates = torch.full((MAX_CANDIDATES,), -1, dtype=torch.int64, device=world.device)
         if world.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
-            done = complete_iterations(self.out, world.size)
-            if resume_refusal(self.config, world.size):
-                found[0] = -1
-            elif run.resume == "auto" and done:
-                found[0] = done[-1]
+            done = complete_iterations(self.out, world.size) if run.resume == "auto" else []
+            if done:
+                newest = done[::-1][:MAX_CANDIDATES]
+                candidates[:len(newest)] = torch.tensor(newest, dtype=torch.int64)
             else:
-                clear_run_files(self.out)  # starting over: an older run's checkpoints would outrank ours
-        broadcast(found, world, 0, "agreeing on the checkpoint to resume from")
-        if int(found[0]) < 0:
-            raise ConfigError(resume_refusal(self.config, world.size) or f"run.out_dir={run.out_dir!r} holds "
-                              "checkpoints of a run that does not resume: set run.resume=never")
-        return int(found[0])
+                clear_run_files(self.out)  # starting over: an older run's files would outrank or splice ours
+        what = "agreeing on the checkpoint to resume from"
+        broadcast(candidates, world, 0, what)
+        found = [c for c in candidates.tolist() if c >= 0]
+        if not found:
+            return 0
+        states: dict[int, dict[str, Any]] = {}
+        for iteration in found:
+            try:
+                states[iteration] = load_node_checkpoint(node_file(self.out, iteration, world.rank), world.rank)
+            except CheckpointError:
+                pass
+        table = gather_table({f"intact_{c}": float(c in states) for c in found}, world, what)
+        damaged = {c: [r for r, ok in enumerate(table[f"intact_{c}"]) if not ok] for c in found}
+        chosen = next((c for c in found if not damaged[c]), None)
+        report = "; ".join(f"iteration {c} damaged on node(s) {', '.join(map(str, damaged[c]))}"
+                           for c in found if damaged[c] and (chosen is None or c > chosen))
+        if chosen is None:
+            raise CheckpointError(f"no checkpoint in {str(self.out / 'checkpoints')!r} is intact on every node "
+                                  f"({report}): set run.resume=never to start over")
+        self.completion = resume_verdict(self.config, states[chosen], chosen)  # ConfigError if settings differ
+        if world.rank == 0 and self.completion is None:
+            damaged_note = f"{report} (unreadable, or its checksum does not match); " if report else ""
+            print(f"qtd: {damaged_note}resuming from the checkpoint at iteration {chosen} (run.resume=auto)",
+                  file=sys.stderr, flush=True)
+        self._resume_state = states[chosen]
+        return chosen
 
-    def _node_state(self) -> dict[str, Any]:
+    def _node_state(self, final: bool = False) -> dict[str, Any]:
         self.counters.time_s = self.clock.now()
         return {"params": self.flat.params.detach().cpu().clone(), "sampler": self.parts.sampler.state_dict(),
                 "torch_rng": torch.get_rng_state(), "algorithm": self.step.state_dict(),
-                "counters": self.counters.state_dict()}
+                "counters": self.counters.state_dict(), "settings": self.settings, "final": final}
 
-    def _restore(self, iteration: int) -> None:
+    def _restore(self, iteration: int, state: dict[str, Any]) -> None:
         """Load this node's checkpoint of ``iteration``; CheckpointError when another run setup wrote it."""
         path = node_file(self.out, iteration, self.world.rank)
-        state = load_node_checkpoint(path, self.world.rank)
         params, flat = state.get("params"), self.flat
         if not isinstance(params, torch.Tensor) or params.shape != flat.params.shape:
             size = f"{params.numel()} parameters" if isinstance(params, torch.Tensor) else "no model"
@@ -142,13 +172,18 @@ class NodeDriver:
                                   "set run.resume=never") from None
         self.step.restored(iteration)
 
-    def _checkpoint(self, number: int) -> None:
-        save_node_checkpoint(self.out, number, self.world.rank, self._node_state())
+    def _checkpoint(self, number: int, final: bool = False) -> None:
+        save_node_checkpoint(self.out, number, self.world.rank, self._node_state(final))
         prune_node_checkpoints(self.out, self.world.rank, keep=self.cadence.keep_checkpoints)
 
     # -- the loop -------------------------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any] | None:
+        if self.completion is not None:  # nothing to train, nothing to rewrite
+            if self.world.rank == 0:
+                print(self.completion, file=sys.stderr, flush=True)
+                return existing_summary(self.out)
+            return None
         wall_start = time.monotonic()
         files = RunFiles(self.config, self.world.rank, self.world.size, self.name, self.start)
         self.files = files
@@ -245,7 +280,7 @@ class NodeDriver:
     def _finish(self, point: EvalPoint, wall_s: float) -> dict[str, Any] | None:
         counters, world = self.counters, self.world
         self.step.before_final_checkpoint(self.iteration)
-        self._checkpoint(self.cadence.final_checkpoint(self.iteration))
+        self._checkpoint(self.cadence.final_checkpoint(self.iteration), final=True)
         values = {"samples_per_iteration": counters.samples / max(counters.iterations, 1),
                   "bytes_sent": self.step.bytes_sent, "iterations": counters.iterations,
                   "finish_s": counters.finish_s,

@@ -8,8 +8,8 @@ import sys
 from typing import Sequence
 
 from ..algorithms import display_name, spec_for
-from ..config import ConfigError, load_config
-from .resume import resume_refusal
+from ..config import load_config
+from .resume import preflight
 from ..topology import build_topology
 
 
@@ -26,9 +26,10 @@ def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int
     """Check the config and graph here (one clear message instead of n copies), then start torchrun."""
     config = load_config(config_path, overrides)
     build_topology(config.topology)
-    refusal = resume_refusal(config, config.topology.nodes)
-    if refusal:
-        raise ConfigError(refusal)
+    complete = preflight(config, config.topology.nodes)  # ConfigError where resuming would mislabel results
+    if complete:
+        print(complete, file=sys.stderr, flush=True)
+        return 0
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")

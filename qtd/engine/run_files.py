@@ -27,15 +27,11 @@ class RunFiles:
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             save_config(config, out / "config.yaml")
-            history = read_jsonl(out / "metrics.jsonl") if start and (out / "metrics.jsonl").exists() else []
-            self.metrics = JsonlWriter(out / "metrics.jsonl", truncate=True)
-            for row in history:
-                if row["iteration"] <= start:
-                    self.metrics.write(row)
+            self.metrics = _resumed_log(out / "metrics.jsonl", start)
             self.global_tb = TensorBoardLogger(out / "tensorboard" / "global", purge_step=purge_step)
             self.global_tb.text("config", "```\n" + dump_config(config) + "\n```")
         self.node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}", purge_step=purge_step)
-        self.node_log = JsonlWriter(out / "nodes" / f"node_{rank:03d}.jsonl", truncate=not start)
+        self.node_log = _resumed_log(out / "nodes" / f"node_{rank:03d}.jsonl", start)
         self.progress = Progress(run.iterations, initial=start, enabled=run.progress and rank == 0,
                                  desc=f"{desc} x{world_size}")
 
@@ -46,6 +42,16 @@ class RunFiles:
         self.global_tb.close()
         if self.metrics is not None:
             self.metrics.close()
+
+
+def _resumed_log(path: Path, start: int) -> JsonlWriter:
+    """A node's log, keeping the rows up to the resume point ``start``: the iterations after it are redone."""
+    history = read_jsonl(path, skip_damaged=True) if start and path.exists() else []
+    writer = JsonlWriter(path, truncate=True)
+    for row in history:
+        if isinstance(row, dict) and isinstance(row.get("iteration"), (int, float)) and row["iteration"] <= start:
+            writer.write(row)
+    return writer
 
 
 def clear_run_files(out: Path) -> bool:

@@ -9,7 +9,32 @@ the node's own message is already above it. `qtd launch` and the scripts in laun
 from __future__ import annotations
 
 import sys
+from collections import Counter
 from typing import Sequence
+
+
+def _how(failure) -> str:
+    return (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
+            else f"exited with code {failure.exitcode}")
+
+
+def failure_summary(failures: dict, first: tuple) -> str:
+    """Which node caused the failure: the one the failed nodes blamed (each wrote whom, see qtd.train),
+    else the first to fail."""
+    votes = Counter(f.error_file_data.get("qtd_culprit") for f in failures.values()
+                    if isinstance(f.error_file_data, dict) and f.error_file_data.get("qtd_culprit") is not None)
+    if votes:
+        culprit = min(votes, key=lambda node: (-votes[node], node))
+        named_by = sorted(rank for rank, f in failures.items()
+                          if isinstance(f.error_file_data, dict) and f.error_file_data.get("qtd_culprit") == culprit)
+        how = _how(failures[culprit]) if culprit in failures else "stalled or died"
+        return (f"node {culprit} {how} (named by node{'s' if len(named_by) != 1 else ''} "
+                f"{', '.join(map(str, named_by))}; their messages are above)")
+    rank, failure = first
+    others = len(failures) - 1
+    also = f"; {others} other node{'s' if others != 1 else ''} stopped with it" if others else ""
+    said = "it left no message" if failure.exitcode < 0 else "its own message is above"
+    return f"node {rank} {_how(failure)} ({said}){also}"
 
 
 def run_torchrun(argv: Sequence[str]) -> int:
@@ -23,13 +48,8 @@ def run_torchrun(argv: Sequence[str]) -> int:
     try:
         run(args)
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        how = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
-               else f"exited with code {failure.exitcode}")
-        others = len(exc.failures) - 1
-        also = f"; {others} other node{'s' if others != 1 else ''} stopped with it" if others else ""
         restarts = f" after {args.max_restarts} restart{'s' if args.max_restarts != 1 else ''}" if args.max_restarts else ""
-        print(f"qtd: error: the run failed{restarts}: node {rank} {how} (its own message is above){also}",
+        print(f"qtd: error: the run failed{restarts}: {failure_summary(exc.failures, exc.get_first_failure())}",
               file=sys.stderr, flush=True)
         return 1
     except SignalException as exc:  # Ctrl-C or a scheduler's SIGTERM: torchrun has stopped the nodes

@@ -86,9 +86,20 @@ class JsonlWriter:
         self._file.close()
 
 
-def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+def read_jsonl(path: str | Path, skip_damaged: bool = False) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; ``skip_damaged`` passes over lines that do not parse (a process killed
+    while writing its last row leaves half a line)."""
+    rows = []
     with open(path) as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for line in handle:
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                if not skip_damaged:
+                    raise
+    return rows
 
 
 def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:

@@ -1,0 +1,60 @@
+"""Exact blame: a stalled (SIGSTOP) or killed (SIGKILL) node is named by every other node, neighbour or
+not, and by the launcher's last line, through a real `qtd launch` of 4 processes on a ring."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.harness import REPO, child_env
+from tests.test_fault_tolerance import _node_processes
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("how", [signal.SIGSTOP, signal.SIGKILL])
+def test_the_node_that_stalled_or_died_is_the_one_every_message_names(tmp_path, how):
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "qtd.cli.main", "launch", "configs/quickstart.yaml"]
+    for override in ("topology.nodes=4", "topology.kind=ring", "run.iterations=100000", "run.progress=false",
+                     "comm.timeout_s=5", "algorithm.name=dsgd", "compression.bits=16", "algorithm.schedule=constant",
+                     "algorithm.alpha=0.1", f"run.out_dir={out}", "run.eval_every=1000000"):
+        args += ["--set", override]
+    launcher = subprocess.Popen(args, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    try:
+        log = out / "nodes" / "node_002.jsonl"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 20):
+            time.sleep(0.2)
+        assert log.exists(), "node 2 never started training"
+        nodes = _node_processes(launcher.pid)
+        assert sorted(nodes) == [0, 1, 2, 3], nodes
+        os.kill(nodes[2], how)
+        _, stderr = launcher.communicate(timeout=150)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+        for pid in _node_processes(launcher.pid).values():
+            os.kill(pid, signal.SIGKILL)
+    assert launcher.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("qtd: node ")]
+    for rank in (0, 1, 3):  # 1 and 3 are node 2's neighbours, 0 is not
+        mine = [line for line in lines if line.startswith(f"qtd: node {rank}: error:")]
+        # a stalled node keeps its process: every other node times out and says whom it blames; a killed
+        # one is seen by torchrun at once, which may stop the others before they notice
+        assert len(mine) == (1 if how == signal.SIGSTOP else len(mine)) and len(mine) <= 1, stderr[-3000:]
+        for line in mine:
+            named = {int(n) for n in re.findall(r"node (\d+) (?:stopped|stalled|failed)", line)}
+            assert named == {2}, line
+    final = stderr.strip().splitlines()[-1]
+    assert final.startswith("qtd: error: the run failed: node 2 "), final
+    if how == signal.SIGSTOP:
+        assert "named by nodes 0, 1, 3" in final, final
+    else:
+        assert "killed by SIGKILL" in final and "left no message" in final, final
