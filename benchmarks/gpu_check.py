@@ -81,7 +81,7 @@ class Settings:
     @classmethod
     def make(cls, dry: bool, quick: bool, elements: int | None) -> "Settings":
         if dry:
-            return cls(dry, quick, elements or 2**14 + 5, repeats=2, batch=1, run_iterations=30,
+            return cls(dry, quick, elements or 2**12 + 5, repeats=2, batch=1, run_iterations=30,
                        run_deadline_s=0.01, overshoot_slack_s=0.025, sim_iterations=10)
         return cls(dry, quick, elements or (10_000_000 if quick else 100_000_000), repeats=3 if quick else 7,
                    batch=10, run_iterations=100 if quick else 300, run_deadline_s=0.01, overshoot_slack_s=0.005,

@@ -4,8 +4,8 @@
 #     bash benchmarks/gpu_check.sh [options of benchmarks/gpu_check.py, e.g. --quick or --steps sim,cuda_tests]
 #
 # 1. Installs qtd as the README says: a fresh venv, then `pip install -e ".[test]"`. Where that cannot work
-#    (no package index reachable, as on a GPU machine without network, or a venv whose torch sees no GPU), it
-#    makes the venv on top of the machine's own packages (its CUDA build of torch and Triton) and runs
+#    (no package index reachable, as on a GPU machine without network, or an index whose torch is a +cpu build
+#    or sees no GPU), it makes the venv on top of the machine's own packages (its CUDA torch and Triton) and runs
 #    `pip install --no-index --no-build-isolation -e ".[test]"` there instead. The JSON records which.
 # 2. Runs benchmarks/gpu_check.py with what is left of the time limit. It writes
 #    benchmarks/results/gpu_check.json after every step and prints a table at the end.
@@ -47,7 +47,7 @@ command -v "$PYTHON" >/dev/null || die "PYTHON=$PYTHON is not a command: set PYT
 log "repository $(pwd) at $(git rev-parse --short HEAD 2>/dev/null || echo '?'); python $("$PYTHON" -c 'import sys; print(sys.version.split()[0], sys.executable)')"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | sed 's/^/    nvidia-smi: /'
 
-# `python -c` that succeeds when this interpreter can run the check (qtd, torch, triton; CUDA unless --dry-run)
+# succeeds when interpreter $1 can run the check: it imports qtd, torch and triton, and sees CUDA (unless --dry-run)
 usable() {
     "$1" - "$DRY" <<'EOF' >>"$PIP_LOG" 2>&1
 import sys
