@@ -25,3 +25,16 @@ def find_mnist(explicit: str | None, benchmark: str) -> Path:
         if all((path / name).is_file() or (path / f"{name}.gz").is_file() for name in MNIST_FILES):
             return path.resolve()
     sys.exit(f"{benchmark}: MNIST IDX files not found in {', '.join(map(str, candidates))}; pass --data-root DIR")
+
+
+def write_step_result(path: str | Path, status: str, message: str, details: dict) -> None:
+    """One step's outcome for benchmarks/gpu_check.py: ``status`` is passed, failed or skipped; written
+    atomically, so a step killed at its timeout leaves either the whole result or none."""
+    import json
+
+    if status not in ("passed", "failed", "skipped"):
+        raise ValueError(f"status={status!r}: use passed, failed or skipped")
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"status": status, "message": message, "details": details}, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,4 +1,5 @@
-"""Shared fixtures. ``mnist_dir``: the 10,000-image MNIST test split in IDX format, found without network."""
+"""Shared fixtures. ``mnist_dir``: the 10,000-image MNIST test split in IDX format, found without network.
+Tests marked ``cuda`` are skipped where torch sees no CUDA device."""
 
 from __future__ import annotations
 
@@ -45,3 +46,17 @@ def mnist_dir() -> Path:
             return path
     pytest.skip("MNIST IDX files (" + ", ".join(MNIST_FILES) + ") not found in "
                 + ", ".join(map(str, candidates)) + "; set QTD_MNIST_DIR to their directory")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.cuda`` tests need a GPU: skipped without one, so `pytest -m cuda` selects exactly them."""
+    cuda_tests = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not cuda_tests:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (run `pytest -m cuda` on a GPU machine)")
+    for item in cuda_tests:
+        item.add_marker(skip)

@@ -473,8 +473,7 @@ def test_import_paths_resolve_from_the_current_directory(tmp_path, monkeypatch):
     assert len(splits.train) == 10 and sys.path[-1] == str(tmp_path)
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 def test_datasets_and_samplers_work_on_the_node_device(device):
     splits = load_dataset(DataConfig(), seed=0)
     dataset = splits.train.to(device)

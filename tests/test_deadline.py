@@ -3,6 +3,7 @@
 import time
 
 import pytest
+import torch
 
 from qtd.deadline import DeadlineTimer, SpeedModel, compute_fixed_batch, deadline_samples
 
@@ -66,3 +67,31 @@ def test_speed_model_is_deterministic_per_node_and_iteration():
     assert all(10 <= v <= 90 for v in draws) and len(set(draws)) == len(draws)
     assert abs(sum(draws) / len(draws) - 50) < 5
     assert SpeedModel("fixed", 1, 1, speeds=(5.0, 7.0)).speed(1, 99) == 7.0
+
+
+@pytest.mark.cuda
+def test_on_a_gpu_a_micro_batch_counts_once_its_kernels_finished():
+    """The step only enqueues GPU work and returns at once; the timer must still count and time what the GPU
+    finished, and leave nothing pending (benchmarks/gpu_check.py adds a control without the sync)."""
+    device = torch.device("cuda")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(10_000_000)  # warm-up: clocks ramp up
+    start.record()
+    torch.cuda._sleep(20_000_000)
+    end.record()
+    end.synchronize()
+    cycles_per_s = 20_000_000 / (start.elapsed_time(end) / 1e3)
+
+    def step(k: int) -> float:
+        torch.cuda._sleep(int(k * 0.002 * cycles_per_s))  # 2 ms of GPU time per sample
+        return float(k)
+
+    timer = DeadlineTimer(deadline_s=0.1, micro_batch_size=5, device=device)
+    timer.run(step)
+    result = timer.run(step)
+    t0 = time.perf_counter()
+    torch.cuda.synchronize()
+    assert time.perf_counter() - t0 < 0.002  # every counted micro-batch had finished
+    assert 25 <= result.samples <= 55 + 5  # what the GPU finishes in 0.1 s (+-30% clock drift), not what launches
+    assert result.busy_s >= 0.9 * result.samples * 0.002 * 0.7
+    assert result.compute_s <= 0.1 + 0.010 * 1.3 + 0.005

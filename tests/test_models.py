@@ -175,7 +175,7 @@ def test_check_views_notices_a_moved_module():
         flat.check_views()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_flat_model_on_a_gpu():
     module = build_model(ModelConfig(name="cnn"), (1, 8, 8), 10, seed=0).cuda()
     flat = FlatModel(module)

@@ -32,16 +32,19 @@ def fixed_speeds(speeds=SPEEDS) -> list[str]:
     return ["emulation.speed_distribution=fixed", f"emulation.speeds={list(speeds)}"]
 
 
-def test_simulated_messages_are_the_wire_messages_bit_for_bit():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_simulated_messages_are_the_wire_messages_bit_for_bit(device):
     torch.manual_seed(0)
     models = torch.randn(3, 1001) * torch.tensor([[1.0], [5.0], [0.01]])
+    on_device = models.to(device)  # the simulator's stack on its device; the wire messages on the CPU
     for bits in (2, 4, 8, 16, 32):
-        codec = MessageCodec(models.shape[1], bits, seed=7, device=torch.device("cpu"))
-        stacked = codec.all(models, iteration=11, out=torch.empty_like(models))
+        codec = MessageCodec(models.shape[1], bits, seed=7, device=torch.device(device))
+        stacked = codec.all(on_device, iteration=11, out=torch.empty_like(on_device)).cpu()
         for i in range(3):
             wire = decode_message(encode_message(models[i], bits, i, 11, seed=7))[1]
             assert torch.equal(stacked[i], wire), bits
-            assert torch.equal(codec.node(models[i], i, 11, out=torch.empty(1001)), wire), bits
+            node = codec.node(on_device[i], i, 11, out=torch.empty(1001, device=device))
+            assert torch.equal(node.cpu(), wire), bits
 
 
 def test_stacked_gradients_match_the_real_per_node_micro_batch_loop(tmp_path):
