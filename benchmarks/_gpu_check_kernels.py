@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from _common import write_step_result  # noqa: E402
 from qtd.compress import (decode_message, encode_message, noise_key, packed_nbytes, quantize,  # noqa: E402
                           quantize_pack, select_backend, unpack_dequantize)
-from qtd.compress.quantizer import quantization_grid  # noqa: E402
+from qtd.compress.grid import quantization_grid  # noqa: E402
 
 BITS = tuple(range(1, 9))
 PROGRAM_ELEMENTS = 2048  # elements per Triton program (GROUPS * 8): sizes around multiples of it matter
