@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..config.echo import shown
 
 
 @dataclass(eq=False)
@@ -185,7 +186,7 @@ def evaluation_set(splits: DatasetSplits, eval_on: str = "test", eval_samples: i
     ``eval_samples > 0`` keeps a fixed seeded subset of that many samples, the same at every evaluation.
     """
     if eval_on not in ("test", "train"):
-        raise DataError(f"data.eval_on={eval_on!r} is not allowed: choose test or train")
+        raise DataError(f"data.eval_on={shown(eval_on)} is not allowed: choose test or train")
     dataset = splits.train if eval_on == "train" else splits.test
     if eval_samples <= 0 or eval_samples >= len(dataset):
         return dataset

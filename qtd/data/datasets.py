@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..config import DataConfig
+from ..config.echo import shown
 from ..errors import DataError
 from .arrays import ArrayDataset, DatasetSplits, split_single, standardised
 from .idx import read_idx
@@ -48,7 +49,7 @@ def load_dataset(config: DataConfig, seed: int = 0) -> DatasetSplits:
     if ":" in name:
         from .custom import load_custom
         return load_custom(config, seed)
-    raise DataError(f"data.name={name!r} is not a known dataset: choose digits, synthetic, mnist_idx, "
+    raise DataError(f"data.name={shown(name)} is not a known dataset: choose digits, synthetic, mnist_idx, "
                     f"mnist, fashion_mnist, cifar10 or give package.module:factory")
 
 
@@ -90,8 +91,8 @@ def _read_idx_split(config: DataConfig, images_path: Path, labels_path: Path) ->
     try:
         images, labels = read_idx(images_path), read_idx(labels_path)
     except DataError as exc:
-        raise DataError(f"data.name=mnist_idx, data.root={config.root!r}: {exc}") from exc
-    where = f"data.name=mnist_idx, data.root={config.root!r}"
+        raise DataError(f"data.name=mnist_idx, data.root={shown(config.root)}: {exc}") from exc
+    where = f"data.name=mnist_idx, data.root={shown(config.root)}"
     if images.dim() != 3:
         raise DataError(f"{where}: {images_path.name} holds an array of shape {tuple(images.shape)}, "
                         f"expected images (N, height, width)")
@@ -112,7 +113,7 @@ def _mnist_idx(config: DataConfig, seed: int) -> DatasetSplits:
     expected = ("train-images-idx3-ubyte[.gz] with train-labels-idx1-ubyte[.gz], and/or "
                 "t10k-images-idx3-ubyte[.gz] with t10k-labels-idx1-ubyte[.gz]")
     if not root.is_dir():
-        raise DataError(f"data.root={config.root!r} is not a directory: data.name=mnist_idx needs the "
+        raise DataError(f"data.root={shown(config.root)} is not a directory: data.name=mnist_idx needs the "
                         f"directory holding {expected}")
     arrays: dict[str, tuple[Tensor, Tensor]] = {}
     for split in IDX_SPLITS:
@@ -121,15 +122,15 @@ def _mnist_idx(config: DataConfig, seed: int) -> DatasetSplits:
             continue
         if images_path is None or labels_path is None:
             present, missing = (images_path, "labels") if labels_path is None else (labels_path, "images")
-            raise DataError(f"data.root={config.root!r} holds {present.name} but no {split} {missing} file "
+            raise DataError(f"data.root={shown(config.root)} holds {shown(present.name)} but no {split} {missing} file "
                             f"beside it: add {split}-{missing}-idx{3 if missing == 'images' else 1}-ubyte[.gz]")
         arrays[split] = _read_idx_split(config, images_path, labels_path)
     if not arrays:
-        raise DataError(f"data.root={config.root!r} holds no MNIST-style IDX files: data.name=mnist_idx "
+        raise DataError(f"data.root={shown(config.root)} holds no MNIST-style IDX files: data.name=mnist_idx "
                         f"expects {expected}")
     shapes = {split: tuple(x.shape[1:]) for split, (x, _) in arrays.items()}
     if len(set(shapes.values())) > 1:
-        raise DataError(f"data.root={config.root!r}: the train and t10k images differ in size {shapes}")
+        raise DataError(f"data.root={shown(config.root)}: the train and t10k images differ in size {shapes}")
     num_classes = max(int(labels.max()) + 1 for _, labels in arrays.values())
     datasets = {split: ArrayDataset(x, y, num_classes) for split, (x, y) in arrays.items()}
     if len(datasets) == 2:
