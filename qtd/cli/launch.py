@@ -1,0 +1,73 @@
+"""`qtd launch CONFIG`: torchrun with one process per graph node on this machine.
+
+Before torchrun starts, the launcher checks the whole run once (config, graph, ``run.out_dir``, data and
+model: :func:`qtd.cli.preflight.preflight`), so bad input is one line instead of n node failures, and
+compiles the CPU compression kernels once (:func:`qtd.compress.warm_up`), so the nodes load them instead of
+compiling them all at once. A run that ends well prints one result line from its ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from ..errors import ConfigError
+from .preflight import preflight
+
+
+def torchrun_command(config_path: str, overrides: Sequence[str], nodes: int, max_restarts: int = 0) -> list[str]:
+    """torchrun's command line, run through qtd.engine.torchrun (a failed run ends in one line, no traceback)."""
+    command = [sys.executable, "-m", "qtd.engine.torchrun", "--standalone", f"--nproc_per_node={nodes}",
+               f"--max-restarts={max_restarts}", "-m", "qtd.train", "--config", str(config_path)]
+    for override in overrides:
+        command += ["--set", override]
+    return command
+
+
+def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int = 0) -> int:
+    """Check the run here (one clear message instead of n copies), warm up, start torchrun, report."""
+    if max_restarts < 0:
+        raise ConfigError(f"--max-restarts={max_restarts} is not allowed: give a number of restarts >= 0")
+    config = preflight(config_path, overrides, data=True)
+    from ..compress import warm_up  # imports torch: after the checks
+    warm_up("cpu", config.compression.bits)
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    command = torchrun_command(config_path, overrides, config.topology.nodes, max_restarts)
+    kind = config.algorithm.name if config.mode == "decentralized" else "ps"
+    print(f"qtd: starting {config.topology.nodes} nodes ({kind}), writing to {config.run.out_dir}",
+          file=sys.stderr, flush=True)
+    started = time.time()
+    process = subprocess.Popen(command, env=env)
+    try:
+        code = process.wait()
+    except KeyboardInterrupt:  # torchrun got the same Ctrl-C and is stopping the nodes: let it finish
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+    if code == 0:
+        _report(Path(config.run.out_dir), started)
+    return code
+
+
+def _report(out_dir: Path, started: float) -> None:
+    """One line from the summary.json this run wrote (nothing when it wrote none, e.g. an older one is there)."""
+    from ..metrics.result_line import read_result_line
+
+    summary = out_dir / "summary.json"
+    try:
+        fresh = summary.stat().st_mtime >= started - 1.0
+    except OSError:
+        fresh = False
+    line = read_result_line(out_dir) if fresh else None
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        print(f"qtd: the run ended without writing {summary}", file=sys.stderr, flush=True)
