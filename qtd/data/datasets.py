@@ -11,8 +11,11 @@ Every node of a run calls :func:`load_dataset` with the same config and seed and
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -53,12 +56,31 @@ def load_dataset(config: DataConfig, seed: int = 0) -> DatasetSplits:
                     f"mnist, fashion_mnist, cifar10 or give package.module:factory")
 
 
-def _digits(config: DataConfig, seed: int) -> DatasetSplits:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits: 1,797 8x8 images with values 0..16 (float64) and their labels.
+
+    Read from the file scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``, what ``load_digits``
+    reads) without importing scikit-learn, whose import costs each node process a second or more of CPU;
+    ``load_digits`` itself when the file is not where it used to be.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                table = np.loadtxt(handle, delimiter=",")
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
     from sklearn.datasets import load_digits
 
-    bunch = load_digits()  # 1,797 8x8 images with values 0..16, bundled inside scikit-learn
-    x = torch.from_numpy(bunch.images).to(torch.uint8).unsqueeze(1)  # (N, 1, 8, 8)
-    labels = torch.from_numpy(bunch.target).to(torch.int64)
+    bunch = load_digits()
+    return bunch.images, bunch.target
+
+
+def _digits(config: DataConfig, seed: int) -> DatasetSplits:
+    images, target = digits_arrays()
+    x = torch.from_numpy(images).to(torch.uint8).unsqueeze(1)  # (N, 1, 8, 8)
+    labels = torch.from_numpy(target).to(torch.int64)
     dataset = ArrayDataset(x, labels, num_classes=10)
     return standardised(split_single(dataset, config.test_fraction, config.eval_on, seed))
 
