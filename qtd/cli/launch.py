@@ -3,13 +3,14 @@
 Before torchrun starts, the launcher checks the whole run once (config, graph, ``run.out_dir``, data and
 model: :func:`qtd.cli.preflight.preflight`), so bad input is one line instead of n node failures, and
 compiles the CPU compression kernels once (:func:`qtd.compress.warm_up`), so the nodes load them instead of
-compiling them all at once. A run that ends well prints one result line from its ``summary.json``.
+compiling them all at once. torchrun's launcher then runs in this process (:mod:`qtd.engine.torchrun`,
+exactly ``torchrun_command``'s arguments). A run that ends well prints one result line from its
+``summary.json``.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,23 +36,16 @@ def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int
     config = preflight(config_path, overrides, data=True)
     from ..compress import warm_up  # imports torch: after the checks
     warm_up("cpu", config.compression.bits)
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    env.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # the node processes inherit both
+    os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     command = torchrun_command(config_path, overrides, config.topology.nodes, max_restarts)
     kind = config.algorithm.name if config.mode == "decentralized" else "ps"
     print(f"qtd: starting {config.topology.nodes} nodes ({kind}), writing to {config.run.out_dir}",
           file=sys.stderr, flush=True)
     started = time.time()
-    process = subprocess.Popen(command, env=env)
-    try:
-        code = process.wait()
-    except KeyboardInterrupt:  # torchrun got the same Ctrl-C and is stopping the nodes: let it finish
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        raise
+    from ..engine.torchrun import run_torchrun  # torch is loaded already: run the launcher in this process
+
+    code = run_torchrun(command[3:])  # what `python -m qtd.engine.torchrun ARGS` runs, one interpreter fewer
     if code == 0:
         _report(Path(config.run.out_dir), started)
     return code
