@@ -24,11 +24,11 @@ def train_command(config_path: str, overrides: Sequence[str]) -> int:
     """Check, warm up, build, train, close. A failed peer ends this process at once with a message naming it."""
     config = preflight(config_path, overrides)
     from .comm import choose_backend, close_world, init_world  # heavy imports after the config is known to be good
-    from .compress import warm_up
+    from .compress import warm_up_for
     from .engine import run_node
 
     _, device = choose_backend(config.comm.backend)
-    warm_up(device, config.compression.bits)
+    warm_up_for(config, device)
     world = init_world(config.comm.backend, config.comm.timeout_s)
     try:
         run_node(config, world)

@@ -23,17 +23,18 @@ KERNELS = ("_quantize_pack_kernel", "_unpack_dequantize_kernel", "_quantize_code
 # numba's compile statistics before and after them.
 PROBE = f"""
 import json, torch
-from qtd.compress import _numba_kernels as k, warm_up, encode_message, decode_message, quantize, pack_bits
+from qtd.compress import _numba_kernels as k, warm_up, encode_message, decode_message, quantize, pack_bits, unpack_bits
 def stats():
     return {{name: {{"hits": sum(getattr(k, name).stats.cache_hits.values()),
                     "misses": sum(getattr(k, name).stats.cache_misses.values()),
                     "compiled": len(getattr(k, name).signatures)}} for name in {KERNELS!r}}}
-seconds = warm_up("cpu", 4)
+seconds = warm_up("cpu", 4, block_sign=True)  # every kernel: a quantized decentralized run's and Block-Sign's
 before = stats()
 x = torch.randn(10_001)
 for bits in (1, 3, 4, 8):
     decode_message(encode_message(x, bits, sender=1, iteration=7))
-    pack_bits(quantize(x, bits, key=3).codes, bits)
+    codes = quantize(x, bits, key=3).codes
+    unpack_bits(pack_bits(codes, bits), bits, codes.numel())
 print(json.dumps({{"seconds": seconds, "before": before, "after": stats(), "cache_dir": str(k.CACHE_DIR)}}))
 """
 
@@ -70,6 +71,16 @@ def test_processes_starting_together_compile_once_and_the_others_load_the_cache(
     for report in reports:
         if report is not compilers[0]:
             assert all(report["before"][name]["hits"] == 1 for name in KERNELS), report["before"]
+
+
+def test_runs_that_use_no_kernel_do_not_even_import_numba():
+    code = ("import sys; from qtd.compress import warm_up; from qtd.config import load_config; "
+            "from qtd.compress import warm_up_for; "
+            "assert warm_up('cpu', 16) == warm_up('cpu', None) == 0.0; "
+            "warm_up_for(load_config('configs/ps_digits.yaml')); print('numba' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
 
 
 def test_the_cache_goes_to_a_user_directory_when_the_package_is_read_only(monkeypatch, tmp_path):

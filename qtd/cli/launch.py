@@ -34,8 +34,9 @@ def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int
     if max_restarts < 0:
         raise ConfigError(f"--max-restarts={max_restarts} is not allowed: give a number of restarts >= 0")
     config = preflight(config_path, overrides, data=True)
-    from ..compress import warm_up  # imports torch: after the checks
-    warm_up("cpu", config.compression.bits)
+    from ..compress import warm_up_for  # imports torch: after the checks
+
+    warm_up_for(config, "cpu")
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # the node processes inherit both
     os.environ.setdefault("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
     command = torchrun_command(config_path, overrides, config.topology.nodes, max_restarts)

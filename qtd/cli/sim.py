@@ -16,13 +16,13 @@ def sim_command(config_path: str, overrides: Sequence[str]) -> int:
     config = preflight(config_path, overrides)
     import torch
 
-    from ..compress import warm_up  # heavy imports after the config is known to be good
+    from ..compress import warm_up_for  # heavy imports after the config is known to be good
     from ..metrics.result_line import result_line
     from ..engine.sim import simulate
 
     print(f"qtd: simulating {config.topology.nodes} nodes ({config.algorithm.name}) on a virtual clock, "
           f"writing to {config.run.out_dir}", file=sys.stderr, flush=True)
-    warm_up("cuda" if torch.cuda.is_available() else "cpu", config.compression.bits)  # the simulator's device
+    warm_up_for(config, "cuda" if torch.cuda.is_available() else "cpu")  # the simulator's device
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # divergence is reported below, once
         result = simulate(config)

@@ -19,7 +19,7 @@ from .packing import pack_bits, packed_nbytes, unpack_bits
 from .quantizer import Quantized, dequantize, quantize
 from .topk import Sparse, topk_compress, topk_decompress
 from .uint_packing import index_bits, pack_uints, unpack_uints
-from .warmup import warm_up
+from .warmup import warm_up, warm_up_for
 from .wire import HEADER_BYTES, Header, decode_message, encode_message, message_nbytes, read_header
 
 __all__ = [
@@ -61,4 +61,5 @@ __all__ = [
     "unpack_dequantize",
     "unpack_uints",
     "warm_up",
+    "warm_up_for",
 ]

@@ -9,7 +9,8 @@ cores took 25-30 s. ``warm_up`` makes the first calls up front, on a few element
 - later runs load the cache and compile nothing.
 
 ``qtd launch`` warms up once before torchrun starts, ``python -m qtd.train`` (every node) before it joins the
-process group, and ``qtd sim`` before it simulates. It changes no result: the kernels are the same either way.
+process group, and ``qtd sim`` before it simulates (:func:`warm_up_for` picks the kernels a config uses). It
+changes no result: the kernels are the same either way.
 """
 
 from __future__ import annotations
@@ -69,25 +70,36 @@ def _one_at_a_time() -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def warm_up(device: torch.device | str = "cpu", bits: int = 4) -> float:
-    """Compile or load every fused kernel a run on ``device`` uses, now; return the seconds it took.
+def warm_up(device: torch.device | str = "cpu", bits: int | None = 4, *, block_sign: bool = False) -> float:
+    """Compile or load the fused kernels a run on ``device`` uses, now; return the seconds it took.
 
-    ``bits`` is the run's ``compression.bits``: numba kernels serve every width with one compiled version,
-    Triton compiles one per width (16 and 32 bits use no kernel; the numba bit packing of Block-Sign is
-    warmed too). Does nothing on the reference path (``QTD_COMPRESS_BACKEND=reference``, or neither numba
-    nor Triton available); a fast path that fails here falls back to the reference path as it would later.
+    ``bits``: the run's ``compression.bits`` when its models travel quantized (1..8: the message kernels;
+    numba serves every width with one compiled version, Triton compiles one per width), else None or 16/32
+    (no kernel). ``block_sign``: a parameter-server run with ``ps.compressor=blocksign`` (numba bit packing).
+    A run that uses no kernel costs nothing here, not even numba's import. Does nothing on the reference
+    path (``QTD_COMPRESS_BACKEND=reference``, or neither numba nor Triton available); a fast path that fails
+    here falls back to the reference path as it would later.
     """
     device = torch.device(device)
-    if select_backend(device) == "reference":
+    quantized = bits is not None and 1 <= bits <= 8
+    if not (quantized or block_sign) or select_backend(device) == "reference":
         return 0.0
     started = time.monotonic()
-    width = bits if 1 <= bits <= 8 else 4
     x = torch.linspace(-1.0, 1.0, 67, device=device)  # not a multiple of 8: the tail loops compile too
     with _one_at_a_time():
-        message = encode_message(x, width, sender=0, iteration=0)
-        decode_message(message)
-        codes = quantize(x, width, key=0).codes
-        unpack_bits(pack_bits(codes, width), width, codes.numel())
+        if quantized:
+            decode_message(encode_message(x, bits, sender=0, iteration=0))
+            quantize(x, bits, key=0)  # the simulator's messages
+        if block_sign:
+            packed = pack_bits((x >= 0).to(torch.uint8), 1)
+            unpack_bits(packed, 1, x.numel())
         if device.type == "cuda":
             torch.cuda.synchronize(device)
     return time.monotonic() - started
+
+
+def warm_up_for(config, device: torch.device | str = "cpu") -> float:
+    """:func:`warm_up` with what a run of ``config`` (a :class:`qtd.config.Config`) uses."""
+    if config.mode == "ps":
+        return warm_up(device, None, block_sign=config.ps.compressor == "blocksign")
+    return warm_up(device, config.compression.bits)
