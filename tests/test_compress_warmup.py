@@ -28,6 +28,8 @@ def stats():
     return {{name: {{"hits": sum(getattr(k, name).stats.cache_hits.values()),
                     "misses": sum(getattr(k, name).stats.cache_misses.values()),
                     "compiled": len(getattr(k, name).signatures)}} for name in {KERNELS!r}}}
+from qtd.compress import warmup
+cached = warmup._numba_cached(warmup._QUANTIZED_KERNELS + warmup._PACKING_KERNELS)  # decides on the lock
 seconds = warm_up("cpu", 4, block_sign=True)  # every kernel: a quantized decentralized run's and Block-Sign's
 before = stats()
 x = torch.randn(10_001)
@@ -35,7 +37,8 @@ for bits in (1, 3, 4, 8):
     decode_message(encode_message(x, bits, sender=1, iteration=7))
     codes = quantize(x, bits, key=3).codes
     unpack_bits(pack_bits(codes, bits), bits, codes.numel())
-print(json.dumps({{"seconds": seconds, "before": before, "after": stats(), "cache_dir": str(k.CACHE_DIR)}}))
+print(json.dumps({{"seconds": seconds, "before": before, "after": stats(), "cache_dir": str(k.CACHE_DIR),
+                  "cached": cached}}))
 """
 
 
@@ -52,11 +55,12 @@ def _report(result: subprocess.CompletedProcess) -> dict:
 @pytest.mark.slow
 def test_warm_up_compiles_every_kernel_once_and_later_calls_compile_nothing(tmp_path):
     cold = _report(collect([_probe(tmp_path)], timeout=300)[0])
-    assert cold["cache_dir"] == str(tmp_path)
+    assert cold["cache_dir"] == str(tmp_path) and cold["cached"] is False
     for name in KERNELS:
         assert cold["before"][name]["misses"] >= 1 and cold["before"][name]["compiled"] == 1, (name, cold)
         assert cold["after"][name]["compiled"] == cold["before"][name]["compiled"], (name, cold)  # nothing new
     warm = _report(collect([_probe(tmp_path)], timeout=300)[0])  # the next process: from the cache
+    assert warm["cached"] is True  # so it loads without waiting for any other process
     for name in KERNELS:
         assert warm["before"][name] == {"hits": 1, "misses": 0, "compiled": 1}, (name, warm)
     assert warm["seconds"] < cold["seconds"], (warm["seconds"], cold["seconds"])

@@ -4,9 +4,11 @@ numba (CPU) and Triton (CUDA) compile a kernel the first time it is called. Left
 is seconds of compile time inside a timed loop, in every node process at once: 8 processes compiling on 2
 cores took 25-30 s. ``warm_up`` makes the first calls up front, on a few elements:
 
-- the first process on a machine to get here compiles and writes numba's cache (see ``_numba_kernels``);
-  the others wait on a lock file, then load the cache (a fraction of a second each);
-- later runs load the cache and compile nothing.
+- when numba's on-disk cache (see ``_numba_kernels``) lacks a kernel, the first process on the machine to get
+  here compiles it and writes the cache while the others wait on a lock file, then load it;
+- when the cache has them (every run after the first, and the nodes of ``qtd launch``, which warms up before
+  starting them), every process loads them at once, without the lock: loading is a fraction of a second of
+  CPU, and taking turns made 8 processes on a busy 2-core machine wait 20 s for each other.
 
 ``qtd launch`` warms up once before torchrun starts, ``python -m qtd.train`` (every node) before it joins the
 process group, and ``qtd sim`` before it simulates (:func:`warm_up_for` picks the kernels a config uses). It
@@ -30,6 +32,8 @@ from .quantizer import quantize
 from .wire import decode_message, encode_message
 
 LOCK_WAIT_S = 600.0  # a process holding the lock longer than this is stuck: compile without it
+_QUANTIZED_KERNELS = ("_quantize_pack_kernel", "_unpack_dequantize_kernel", "_quantize_codes")
+_PACKING_KERNELS = ("_pack", "_unpack")
 
 
 def _lock_path() -> Path:
@@ -37,13 +41,27 @@ def _lock_path() -> Path:
     return Path(tempfile.gettempdir()) / f"qtd-compile-{uid}.lock"
 
 
+def _numba_cached(kernels: tuple[str, ...]) -> bool:
+    """Whether numba's cache holds a fresh compiled copy of each kernel (same source, same numba); False when
+    unsure. Uses numba's cache index reader, a private API: any surprise means "not cached"."""
+    try:
+        from . import _numba_kernels
+
+        return all(getattr(_numba_kernels, name)._cache._cache_file._load_index() for name in kernels)
+    except Exception:  # noqa: BLE001 - another numba version, no cache: take the lock, compile
+        return False
+
+
 @contextlib.contextmanager
-def _one_at_a_time() -> Iterator[None]:
-    """Hold an exclusive lock shared by every qtd process of this user on this machine (when the platform
-    and the temporary directory allow one; otherwise go ahead alone)."""
+def _one_at_a_time(needed: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock shared by every qtd process of this user on this machine (when ``needed``, and
+    when the platform and the temporary directory allow one; otherwise go ahead alone)."""
     try:
         import fcntl
     except ImportError:  # no flock (Windows): compile without the lock
+        yield
+        return
+    if not needed:
         yield
         return
     try:
@@ -86,7 +104,9 @@ def warm_up(device: torch.device | str = "cpu", bits: int | None = 4, *, block_s
         return 0.0
     started = time.monotonic()
     x = torch.linspace(-1.0, 1.0, 67, device=device)  # not a multiple of 8: the tail loops compile too
-    with _one_at_a_time():
+    kernels = (_QUANTIZED_KERNELS if quantized else ()) + (_PACKING_KERNELS if block_sign else ())
+    compiling = device.type != "cpu" or select_backend(device) != "numba" or not _numba_cached(kernels)
+    with _one_at_a_time(needed=compiling):
         if quantized:
             decode_message(encode_message(x, bits, sender=0, iteration=0))
             quantize(x, bits, key=0)  # the simulator's messages
