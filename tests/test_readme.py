@@ -36,3 +36,31 @@ def test_qtd_bench_names_the_available_benchmarks_on_a_typo():
     result = run_qtd(["bench", "wallclok"], timeout=60)
     assert result.returncode == 2
     assert "no benchmark named 'wallclok'" in result.stderr and "wallclock" in result.stderr
+
+
+# Files of the engine rewrite in progress elsewhere (qtd/engine/ is not edited on this branch): their
+# docstrings still cite "DESIGN.md", a file outside the repository. The set may only shrink.
+NOT_YET_FIXED = {"qtd/engine/run_files.py", "qtd/engine/sim.py", "qtd/engine/node.py", "qtd/engine/sim_outputs.py",
+                 "qtd/engine/ps.py", "qtd/engine/sim_time.py"}
+
+
+def test_the_documentation_refers_only_to_files_inside_the_repository():
+    repo = Path(__file__).resolve().parents[1]
+    outside = re.compile(r"DESIGN\.md|STYLE\.md|\.\./shared")
+    files = [repo / "README.md", *repo.glob("configs/**/*.yaml"), *repo.glob("qtd/**/*.py"),
+             *repo.glob("examples/*.py"), *repo.glob("launch/*"),
+             *[p for p in repo.glob("benchmarks/*.py") if p.name != "_common.py"]]  # _common: dev boxes keep MNIST
+    offenders = {str(p.relative_to(repo)) for p in files if outside.search(p.read_text())}
+    assert offenders <= NOT_YET_FIXED, sorted(offenders - NOT_YET_FIXED)
+    for target in re.findall(r"\]\(((?!https?:|#)[^)]+)\)", README):  # every relative link resolves
+        assert (repo / target).exists(), target
+
+
+def test_the_readme_says_how_to_get_mnist_and_that_an_import_path_is_code():
+    data = README.split("## Data and models", 1)[1].split("\n## ", 1)[0]
+    assert "**Getting MNIST**" in data and "data.download=true" in data and "data/mnist" in data
+    from qtd.config import load_config
+    paper = Path(__file__).resolve().parents[1] / "configs" / "paper"
+    roots = {load_config(p).data.root for p in sorted(paper.glob("*.yaml"))}
+    assert roots == {"data/mnist"}  # where the README says to put the files
+    assert "A config that names an import path is code" in README

@@ -1,4 +1,4 @@
-"""Emulated links (DESIGN.md section 2): a message of b bytes is usable no earlier than
+"""Emulated links (README: "Emulating stragglers and slow links"): a message of b bytes is usable no earlier than
 latency + b / bandwidth after it was sent. Pure arithmetic; the exchange applies it."""
 
 from __future__ import annotations
