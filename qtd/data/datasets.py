@@ -136,7 +136,7 @@ def _mnist_idx(config: DataConfig, seed: int) -> DatasetSplits:
                 "t10k-images-idx3-ubyte[.gz] with t10k-labels-idx1-ubyte[.gz]")
     if not root.is_dir():
         raise DataError(f"data.root={shown(config.root)} is not a directory: data.name=mnist_idx needs the "
-                        f"directory holding {expected}")
+                        f"directory holding {expected} (the README's 'Getting MNIST' says where to find them)")
     arrays: dict[str, tuple[Tensor, Tensor]] = {}
     for split in IDX_SPLITS:
         images_path, labels_path = idx_files(root, split)
