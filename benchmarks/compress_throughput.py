@@ -1,7 +1,7 @@
 """Quantize+pack and unpack+dequantize throughput on one CPU thread, next to torch's copy bandwidth.
 
     python benchmarks/compress_throughput.py            # the committed result (10M elements, s = 1, 2, 4, 8)
-    python benchmarks/compress_throughput.py --quick    # about a minute
+    python benchmarks/compress_throughput.py --quick    # about a minute (to runs/bench_quick/)
     python benchmarks/compress_throughput.py --out DIR  # where compress_throughput.json and .png go
 
 Throughput is GB/s of fp32 input (4 bytes per element; 10M elements = 40 MB per pass), the median of
@@ -33,6 +33,8 @@ from functools import partial  # noqa: E402
 import torch  # noqa: E402
 
 from qtd.compress import noise_key, packed_nbytes, quantize_pack, select_backend, unpack_dequantize  # noqa: E402
+
+from _common import OUT_HELP, results_dir  # noqa: E402
 
 BITS = (1, 2, 4, 8)
 NAME = "compress_throughput"
@@ -126,9 +128,10 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer passes (about a minute)")
-    parser.add_argument("--out", default="benchmarks/results", help="directory for the .json and .png")
+    parser.add_argument("--out", default=None, help=OUT_HELP)
     parser.add_argument("--elements", type=int, default=10_000_000)
     args = parser.parse_args(argv)
+    out = results_dir(args.out, args.quick, NAME)
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -189,8 +192,6 @@ def main(argv: list[str] | None = None) -> int:
     }
     result = {"summary": summary, "settings": settings,
               "seconds": {"copy": copy_times, **{name: p["seconds"] for name, p in paths.items()}}}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, out / f"{NAME}.png")
     print(json.dumps(summary, indent=2))

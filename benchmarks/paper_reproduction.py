@@ -1,13 +1,13 @@
 """The QuanTimed-DSGD paper's MNIST experiment, reproduced on the simulator's virtual clock.
 
     python benchmarks/paper_reproduction.py            # the committed result (a few CPU-hours, resumable)
-    python benchmarks/paper_reproduction.py --quick    # a small version, about a minute
+    python benchmarks/paper_reproduction.py --quick    # a small version, about a minute (to runs/bench_quick/)
     python benchmarks/paper_reproduction.py --out DIR  # where paper_reproduction.json and the PNGs go
 
 Setting (Reisizadeh et al., NeurIPS 2019, section 5; configs/paper/): n = 50 nodes on an Erdos-Renyi graph
-(p = 0.4), W = I - L/kappa, 200 MNIST images per node in contiguous blocks of the 10,000 in
-../shared/data/mnist, the 784-50-10 MLP, speeds V ~ U(10, 90) samples/s, T_c = 3 s per 16-bit model copy,
-no overlap (the paper's sum of compute and communication time). The loss is the training loss of the
+(p = 0.4), W = I - L/kappa, 200 MNIST images per node in contiguous blocks of the 10,000 of MNIST's t10k
+split (--data-root; see the README's "Getting MNIST"), the 784-50-10 MLP, speeds V ~ U(10, 90) samples/s,
+T_c = 3 s per 16-bit model copy, no overlap (the paper's sum of compute and communication time). The loss is the training loss of the
 network-average model over all 10,000 images.
 
 Procedure, the same for every method:
@@ -55,7 +55,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from _common import find_mnist  # noqa: E402
+from _common import OUT_HELP, find_mnist, results_dir  # noqa: E402
 from qtd.config import load_config  # noqa: E402
 from qtd.sim import Simulation  # noqa: E402
 
@@ -141,7 +141,7 @@ class Runner:
             f"algorithm.eps={settings.get('eps', 1.0)}", f"algorithm.batch_size={settings.get('batch', 20)}",
             f"algorithm.deadline_s={settings.get('deadline', 1.0)}", "algorithm.overlap=false",
             f"compression.bits={bits}", f"run.iterations={iterations}", f"run.eval_every={eval_every}",
-            f"run.time_budget_s={budget_s}", "run.progress=false", "run.out_dir=runs/paper_reproduction_unused",
+            f"run.time_budget_s={budget_s if budget_s < 1e6 else 0}", "run.progress=false", "run.out_dir=runs/paper_reproduction_unused",
         ]
 
     def iteration_s(self, algorithm: str, settings: dict[str, Any]) -> float:
@@ -332,15 +332,14 @@ def plot_sweeps(sweeps: dict[str, list[tuple[float, Run, float | None]]], target
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="10 nodes, short runs, small grids (about a minute)")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where results go")
+    parser.add_argument("--out", default=None, help=OUT_HELP)
     parser.add_argument("--cache", default=None, help="where each run is cached (default runs/paper_reproduction_cache"
                                                       "[_quick] under the repository)")
     parser.add_argument("--data-root", default=None, help="directory of the MNIST IDX files")
     parser.add_argument("--jobs", type=int, default=1, help="tune this many methods at once (processes)")
     args = parser.parse_args()
+    out = results_dir(args.out, args.quick, NAME)
     plan = QUICK if args.quick else Plan()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     default_cache = REPO / "runs" / ("paper_reproduction_cache" + ("_quick" if args.quick else ""))
     cache = Path(args.cache) if args.cache else default_cache
     started = time.perf_counter()

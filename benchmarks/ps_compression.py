@@ -2,10 +2,10 @@
 Block-Sign with error feedback, 8 workers as real processes (`qtd launch`, gloo).
 
     python benchmarks/ps_compression.py            # the committed result (7 epochs per method)
-    python benchmarks/ps_compression.py --quick    # 12 steps per method, no fp16 variant (a few minutes)
+    python benchmarks/ps_compression.py --quick    # 12 steps per method, no fp16 variant (to runs/bench_quick/)
     python benchmarks/ps_compression.py --out DIR  # where ps_compression.json and .png go
 
-Data: the 10,000 MNIST images of ../shared/data/mnist (or --data-root / QTD_MNIST_DIR), 8,000 for
+Data: the 10,000 images of MNIST's t10k split (--data-root, QTD_MNIST_DIR or data/mnist), 8,000 for
 training split over the workers at random, 2,000 held out for the test accuracy. Model: the COMP-AMS
 MNIST CNN (1.2M parameters). Every method runs configs/ps_mnist.yaml with the same seed, learning rate and
 number of steps; only ps.compressor / ps.error_feedback / ps.value_bits change.
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from _common import find_mnist  # noqa: E402
+from _common import OUT_HELP, find_mnist, results_dir  # noqa: E402
 from qtd.comm import ring_allgather_bytes, ring_allreduce_bytes  # noqa: E402
 from qtd.config import load_config  # noqa: E402
 from qtd.metrics import read_jsonl  # noqa: E402
@@ -150,7 +150,7 @@ def plot(curves: dict, summary: dict, settings: dict, path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="12 steps per method instead of 5 epochs")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"), help="where the results go")
+    parser.add_argument("--out", default=None, help=OUT_HELP)
     parser.add_argument("--data-root", default=None, help="directory of the MNIST IDX files")
     parser.add_argument("--epochs", type=float, default=7.0)
     parser.add_argument("--methods", default=",".join(METHODS),
@@ -160,8 +160,7 @@ def main() -> None:
     parser.add_argument("--keep-runs", action="store_true", help="keep the run directories under OUT/ps_runs")
     parser.add_argument("--replot", action="store_true", help="only redraw the PNG from OUT/ps_compression.json")
     args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = results_dir(args.out, args.quick, NAME)
     if args.replot:
         payload = json.loads((out / f"{NAME}.json").read_text())
         plot(payload["curves"], payload["summary"], payload["settings"], out / f"{NAME}.png")

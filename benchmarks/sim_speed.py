@@ -1,7 +1,7 @@
 """How fast the virtual-time simulator runs the paper's setting on one CPU thread.
 
     python benchmarks/sim_speed.py            # 1,000 iterations per method (~10 minutes on 2 cores)
-    python benchmarks/sim_speed.py --quick    # 50 iterations per method (~1 minute)
+    python benchmarks/sim_speed.py --quick    # 50 iterations per method (~1 minute, to runs/bench_quick/)
     python benchmarks/sim_speed.py --out DIR  # where sim_speed.json and sim_speed.png go
 
 The configs are configs/paper/*.yaml: 50 nodes on an Erdős–Rényi(0.4) graph, the 784-50-10 MLP (39,760
@@ -35,7 +35,7 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from _common import find_mnist  # noqa: E402
+from _common import OUT_HELP, find_mnist, results_dir  # noqa: E402
 from qtd.config import load_config  # noqa: E402
 from qtd.sim import Simulation  # noqa: E402
 
@@ -86,9 +86,10 @@ def plot(rows: list[dict], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="50 iterations per method (about a minute)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", default=None, help=OUT_HELP)
     parser.add_argument("--data-root", default=None, help="directory of the MNIST IDX files")
     args = parser.parse_args()
+    out = results_dir(args.out, args.quick, NAME)
     torch.set_num_threads(1)
     iterations = 50 if args.quick else 1000
     loop_iterations = 20 if args.quick else 200
@@ -110,10 +111,9 @@ def main() -> None:
     settings = {"quick": args.quick, "threads": torch.get_num_threads(), "torch": torch.__version__,
                 "python": platform.python_version(), "machine": platform.machine(),
                 "load_average_at_end": [round(x, 2) for x in os.getloadavg()]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{NAME}.json").write_text(json.dumps({"name": NAME, "summary": summary, "settings": settings,
+    (out / f"{NAME}.json").write_text(json.dumps({"name": NAME, "summary": summary, "settings": settings,
                                                        "runs": rows}, indent=2) + "\n")
-    plot(rows, args.out / f"{NAME}.png")
+    plot(rows, out / f"{NAME}.png")
     print(json.dumps(summary, indent=2))
 
 

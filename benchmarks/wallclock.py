@@ -1,12 +1,12 @@
 """Wall-clock time to a target loss: QuanTimed-DSGD against its baselines, 8 real processes.
 
     python benchmarks/wallclock.py            # the committed result (~25 minutes on 2 cores)
-    python benchmarks/wallclock.py --quick    # a small version (4 nodes, short budgets, no tuning; ~4 minutes)
+    python benchmarks/wallclock.py --quick    # 4 nodes, short budgets, no tuning; ~4 minutes (to runs/bench_quick/)
     python benchmarks/wallclock.py --out DIR  # where wallclock.json and wallclock.png go
 
 Every method runs as real `qtd launch` processes (gloo) in the paper's regime, emulated on one box
-(DESIGN.md section 2): node speeds V ~ Uniform(10, 90) samples/s and a link on which one 16-bit model
-copy takes about 7x the mean batch compute time (B / mean V), both scaled by --time-scale so that a run
+(the README's "Emulating stragglers and slow links"): node speeds V ~ Uniform(10, 90) samples/s and a link
+on which one 16-bit model copy takes about 7x the mean batch compute time (B / mean V), both scaled by --time-scale so that a run
 takes a minute or two. Each method first gets the same tuning effort (the same number of short runs
 over its step sizes); the best setting (lowest final eval loss) then runs for the full budget.
 
@@ -31,6 +31,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 NAME = "wallclock"
 sys.path.insert(0, str(REPO))
+
+from _common import OUT_HELP, mnist_dir, results_dir  # noqa: E402
 
 METHODS: dict[str, list[str]] = {
     "quantimed": ["algorithm.name=quantimed", "compression.bits=4"],
@@ -155,21 +157,24 @@ def plot(finals: dict[str, dict], levels: list[float], nodes: int, path: Path) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="4 nodes, short budgets, no tuning (~2 minutes)")
-    parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    parser.add_argument("--out", default=None, help=OUT_HELP)
     parser.add_argument("--budget", type=float, default=None, help="training seconds per final run")
     parser.add_argument("--tune-budget", type=float, default=None, help="training seconds per tuning run")
     parser.add_argument("--time-scale", type=float, default=10.0,
                         help="speeds x scale and comm time / scale, to keep the paper's ratios in less time")
-    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "mnist"))
+    parser.add_argument("--data-root", default=None,
+                        help="directory of the MNIST IDX files (default: found as the other benchmarks find it; "
+                             "without MNIST the benchmark runs on the bundled digits)")
     parser.add_argument("--methods", default=",".join(METHODS))
     args = parser.parse_args()
+    out = results_dir(args.out, args.quick, NAME)
 
     scale = args.time_scale
     batch = 20
     speed_low, speed_high = 10 * scale, 90 * scale
     mean_batch_s = batch / ((speed_low + speed_high) / 2)
-    data_root = Path(args.data_root)
-    have_mnist = (data_root / "t10k-images-idx3-ubyte.gz").exists() or (data_root / "t10k-images-idx3-ubyte").exists()
+    data_root = mnist_dir(args.data_root)
+    have_mnist = data_root is not None
     settings: dict[str, Any] = {
         "nodes": 4 if args.quick else 8, "topology": "erdos_renyi", "p": 0.4, "seed": 0,
         "data": "mnist_idx" if have_mnist else "digits", "data_root": str(data_root) if have_mnist else "",
@@ -183,7 +188,6 @@ def main() -> None:
         "platform": platform.platform(), "python": platform.python_version(),
     }
     methods = [m for m in args.methods.split(",") if m]
-    args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"qtd_{NAME}_"))  # run directories: TensorBoard, checkpoints, logs
     print(f"settings: {json.dumps(settings)}", flush=True)
 
@@ -223,8 +227,8 @@ def main() -> None:
     settings["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]  # other jobs share the machine
     result = {"name": NAME, "summary": summary, "settings": settings, "tuning": tuning,
               "runs": {m: {"overrides": run["overrides"], "curve": run["curve"]} for m, run in finals.items()}}
-    (args.out / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
-    plot(finals, levels, settings["nodes"], args.out / f"{NAME}.png")
+    (out / f"{NAME}.json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(finals, levels, settings["nodes"], out / f"{NAME}.png")
     print(json.dumps(summary, indent=2))
     print(f"run directories kept in {work}")
 

@@ -65,7 +65,7 @@ done
 [[ -z "$node_rank" || "$max_restarts" == 0 ]] \
   || usage "--max-restarts needs the c10d rendezvous: leave out --node-rank (ranks are then assigned on arrival)"
 
-# Check the config and graph once per machine, before any rendezvous.
+# Check the config, graph, run directory and data once per machine, before any rendezvous.
 nodes=$("$python" -m qtd.cli.check "$config" ${overrides[@]+"${overrides[@]}"})
 if [[ -z "$nproc" ]]; then
   if (( nodes % nnodes != 0 )); then

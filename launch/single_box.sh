@@ -36,7 +36,7 @@ done
 [[ -n "$config" ]] || usage "give a CONFIG file, e.g. configs/quickstart.yaml"
 [[ "$max_restarts" =~ ^[0-9]+$ ]] || usage "--max-restarts must be a whole number >= 0 (got '$max_restarts')"
 
-# Check the config and graph once, here, instead of failing in every node process.
+# Check the config, graph, run directory and data once, here, instead of failing in every node process.
 nodes=$("$python" -m qtd.cli.check "$config" ${overrides[@]+"${overrides[@]}"})
 nproc=${nproc:-$nodes}
 [[ "$nproc" =~ ^[1-9][0-9]*$ ]] || usage "--nproc-per-node must be a whole number >= 1 (got '$nproc')"

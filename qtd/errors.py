@@ -1,7 +1,23 @@
 """User-facing errors. Each message says what went wrong and what to change.
 
-The CLI and ``python -m qtd.train`` print these as one line and exit non-zero, never as a traceback.
+The CLI and ``python -m qtd.train`` print these as one line (:func:`one_line`) and exit non-zero, never as
+a traceback.
 """
+
+MAX_MESSAGE_CHARS = 2000  # one printed error line at most; each echoed value is cut shorter (qtd.config.shown)
+
+
+def one_line(message: object) -> str:
+    """``message`` as one printable line of at most ``MAX_MESSAGE_CHARS`` characters.
+
+    Messages cut the values they echo (:func:`qtd.config.shown`); this is the last bound, for text that
+    comes from elsewhere (a library's exception, a peer's report).
+    """
+    raw = str(message)
+    text = " ".join(raw[:2 * MAX_MESSAGE_CHARS].split())  # never split or copy more than is shown
+    if len(text) > MAX_MESSAGE_CHARS or len(raw) > 2 * MAX_MESSAGE_CHARS:
+        text = text[:MAX_MESSAGE_CHARS - 40] + f"... ({len(raw):,} characters in all)"
+    return text
 
 
 class QtdError(Exception):

@@ -8,6 +8,7 @@ import sys
 from typing import Callable
 
 from .errors import QtdError
+from .echo import cut, shown
 
 
 def resolve_factory(path: str, key: str, error: type[QtdError]) -> Callable:
@@ -20,22 +21,23 @@ def resolve_factory(path: str, key: str, error: type[QtdError]) -> Callable:
     """
     module_name, sep, attr = path.partition(":")
     if not (sep and module_name and attr):
-        raise error(f"{key}={path!r} is not an import path: write it as package.module:factory")
+        raise error(f"{key}={shown(path)} is not an import path: write it as package.module:factory")
     try:
         module = _import(module_name)
     except ModuleNotFoundError as exc:
-        raise error(f"{key}={path!r}: cannot import module {module_name!r} ({exc}); make it importable "
-                    f"(install it, or run from the directory that holds it, or add that directory to "
-                    f"PYTHONPATH)") from exc
+        raise error(f"{key}={shown(path)}: cannot import module {shown(module_name)} ({cut(str(exc))}); make "
+                    f"it importable (install it, or run from the directory that holds it, or add that directory "
+                    f"to PYTHONPATH)") from exc
     except Exception as exc:  # an error inside the user's module: say where it came from
-        raise error(f"{key}={path!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}") from exc
+        raise error(f"{key}={shown(path)}: importing {shown(module_name)} failed: {type(exc).__name__}: "
+                    f"{cut(str(exc))}") from exc
     target = module
     for part in attr.split("."):
         if not hasattr(target, part):
-            raise error(f"{key}={path!r}: module {module_name!r} has no attribute {attr!r}")
+            raise error(f"{key}={shown(path)}: module {shown(module_name)} has no attribute {shown(attr)}")
         target = getattr(target, part)
     if not callable(target):
-        raise error(f"{key}={path!r}: {attr!r} is a {type(target).__name__}, not a callable factory")
+        raise error(f"{key}={shown(path)}: {shown(attr)} is a {type(target).__name__}, not a callable factory")
     return target
 
 

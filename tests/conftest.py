@@ -27,11 +27,12 @@ def _main_checkout(repo: Path) -> Path | None:
 
 
 def mnist_candidates() -> list[Path]:
-    """QTD_MNIST_DIR if set; else ``../shared/data/mnist`` beside the repository (or beside the main
-    checkout when this is a git worktree)."""
+    """QTD_MNIST_DIR if set; else ``data/mnist`` in the checkout (where the README tells users to put the
+    files), then ``../shared/data/mnist`` beside the repository or beside the main checkout when this is a
+    git worktree (where the development machines keep them)."""
     if os.environ.get("QTD_MNIST_DIR"):
         return [Path(os.environ["QTD_MNIST_DIR"])]
-    candidates = [REPO_ROOT.parent / "shared" / "data" / "mnist"]
+    candidates = [REPO_ROOT / "data" / "mnist", REPO_ROOT.parent / "shared" / "data" / "mnist"]
     main = _main_checkout(REPO_ROOT)
     if main is not None:
         candidates.append(main.parent / "shared" / "data" / "mnist")

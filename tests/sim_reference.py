@@ -1,4 +1,5 @@
-"""A naive single-process asynchronous DSGD, written from DESIGN.md section 2, to check the simulator's events.
+"""A naive single-process asynchronous DSGD, written from the time model in the README's "Simulating"
+section, to check the simulator's events.
 
 Node j's k-th step ends at sum_{k' <= k} (B / V_{j,k'} + T_c * s/16); steps are taken in order of end time
 (ties: lower node id); at its step a node computes a batch-B gradient at its model, applies the DSGD rule

@@ -145,7 +145,7 @@ def test_quantized_messages_over_slow_links_with_iteration_budgets(tmp_path):
 
 
 def test_async_runs_do_not_resume_but_a_complete_one_is_left_alone(tmp_path):
-    from qtd.engine.resume import preflight, run_settings
+    from qtd.engine.resume import check_resume as preflight, run_settings
     from qtd.metrics import save_node_checkpoint
     out = tmp_path / "run"
     config = load_config("configs/quickstart.yaml", ["algorithm.name=async_dsgd", "topology.nodes=2",

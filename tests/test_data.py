@@ -126,6 +126,24 @@ def test_digits_loads_ten_classes_of_64_pixels():
     assert torch.equal(splits.train.labels, labels)
 
 
+def test_digits_are_scikit_learns_read_without_importing_scikit_learn():
+    """Every node process loads the digits: reading sklearn's bundled file directly saves each one the
+    second or more that importing scikit-learn costs, and gives exactly load_digits' arrays."""
+    import subprocess
+    import sys
+    from sklearn.datasets import load_digits
+    from qtd.data.datasets import digits_arrays
+    images, labels = digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+    code = ("import sys; from qtd.data import load_dataset; from qtd.config import DataConfig; "
+            "load_dataset(DataConfig(name='digits')); print('sklearn' in sys.modules)")
+    from tests.harness import REPO, child_env
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr[-2000:]
+
+
 def test_digits_split_is_seeded_and_eval_on_train_keeps_everything():
     a, b = load_dataset(DataConfig(), seed=0), load_dataset(DataConfig(), seed=0)
     c = load_dataset(DataConfig(), seed=1)

@@ -44,6 +44,32 @@ def test_a_slow_node_shrinks_its_last_micro_batch_to_what_fits_or_computes_nothi
     assert nothing.compute_s < 0.005 + 0.005
 
 
+def test_one_stalled_micro_batch_does_not_stop_a_node_for_good():
+    """The first backward pass of a process took 150 ms against T_d = 20 ms in a first run: the estimate
+    then said nothing fits, and since it only changes when a micro-batch runs, every later gradient of all 8
+    nodes was empty (4% accuracy). Now the node computes again within a few iterations."""
+    durations = iter([0.15])  # the first micro-batch stalls, then 0.2 ms per sample
+
+    def step(k: int) -> float:
+        time.sleep(next(durations, 0.0002 * k))
+        return float(k)
+
+    timer = DeadlineTimer(deadline_s=0.02, micro_batch_size=5)
+    samples = [timer.run(step).samples for _ in range(12)]
+    assert samples[0] == 5 and samples[1] == 0  # the stall, then the estimate's prediction: nothing fits
+    assert samples[-1] >= 20, samples  # recovered: a healthy node fills its deadline again
+    assert sum(1 for s in samples if s == 0) <= 4, samples
+
+
+def test_a_node_too_slow_for_any_sample_probes_ever_more_rarely_one_sample_at_a_time():
+    step, calls = sleeping_step(0.01)  # 10 ms per sample, T_d = 5 ms: no sample ever fits
+    timer = DeadlineTimer(deadline_s=0.005, micro_batch_size=5)
+    results = [timer.run(step) for _ in range(24)]
+    probes = [i for i, r in enumerate(results) if i and r.samples]
+    assert probes == [2, 5, 10, 19], [r.samples for r in results]  # after 1, 2, 4, 8 empty iterations
+    assert all(results[i].samples == 1 and results[i].compute_s < 0.005 + 0.01 + 0.015 for i in probes)
+
+
 @pytest.mark.parametrize("speed, deadline, micro", [(200.0, 0.1, 4), (37.0, 0.3, 5), (90.0, 0.05, 1)])
 def test_paced_node_computes_floor_of_speed_times_deadline(speed, deadline, micro):
     step, calls = sleeping_step(0.0)

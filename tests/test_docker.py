@@ -51,7 +51,8 @@ def test_image_installs_the_package_the_way_the_readme_and_ci_do(dockerfile):
     ci = [t for line in (REPO / ".ci" / "run").read_text().splitlines() for t in _pip_install_targets(line)]
     readme = [t for line in (REPO / "README.md").read_text().splitlines() if "pip install" in line
               for t in _pip_install_targets(line.strip().strip("`"))]
-    assert ci == ["-e ."] and readme and set(readme) == {"-e ."}, (ci, readme)
+    # the README may also show the optional CPU-only torch install that comes before it
+    assert ci == ["-e ."] and readme and set(readme) - {"torch"} == {"-e ."}, (ci, readme)
 
 
 def test_entrypoint_is_the_qtd_console_script(dockerfile):

@@ -30,7 +30,18 @@ def _launch(tmp_path: Path, overrides: list[str], config: str = "configs/quickst
     result = run_qtd(["launch", config, "--set", f"run.out_dir={out}", *sum((["--set", o] for o in overrides), [])],
                      timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
+    last = result.stderr.strip().splitlines()[-1]  # qtd launch ends with the run's result line
+    summary = json.loads((out / "summary.json").read_text())
+    assert last.startswith(f"qtd: {summary['algorithm']}: {summary['iterations']} iterations, training time "), last
+    assert f"results in {out}" in last and f"accuracy {summary['eval_accuracy']:.4f}" in last, last
     return out
+
+
+# Emulated speeds slow enough that a busy machine keeps the pace: each micro-batch of 4 has 4/V = 0.27 to
+# 0.8 s of paced time, against well under 0.1 s of real compute even with 8 processes on 2 cores. (At 100 to
+# 300 samples/s and T_d = 0.1 s the last micro-batch had 7 to 20 ms, and a descheduled node on a loaded
+# machine predicted it would miss the deadline and cut it.) The counts floor(V T_d) stay 10, 15, 20, 30.
+PACED_SPEEDS, PACED_DEADLINE_S = (5, 7.5, 10, 15), 2.0
 
 
 @pytest.mark.parametrize("algorithm, extra", [
@@ -38,8 +49,8 @@ def _launch(tmp_path: Path, overrides: list[str], config: str = "configs/quickst
     ("dsgd", ["compression.bits=16"]),
     ("allreduce_sgd", ["compression.bits=32"]),
     ("quantimed", ["compression.bits=5", "emulation.stragglers=true", "emulation.speed_distribution=fixed",
-                   "emulation.speeds=[100, 150, 200, 300]", "algorithm.deadline_s=0.1",
-                   "algorithm.micro_batch_size=4"]),
+                   f"emulation.speeds=[{', '.join(map(str, PACED_SPEEDS))}]",
+                   f"algorithm.deadline_s={PACED_DEADLINE_S}", "algorithm.micro_batch_size=4"]),
 ])
 def test_real_run_reproduces_the_single_process_reference(tmp_path, algorithm, extra):
     overrides = SMALL + [f"algorithm.name={algorithm}", "run.iterations=4", "algorithm.overlap=true", *extra]
@@ -48,7 +59,8 @@ def test_real_run_reproduces_the_single_process_reference(tmp_path, algorithm, e
     samples = None
     if algorithm == "quantimed":
         samples = [[row["samples"] for row in read_jsonl(out / "nodes" / f"node_{i:03d}.jsonl")] for i in range(4)]
-        assert samples == [[int(v * 0.1)] * 4 for v in (100, 150, 200, 300)]  # floor(V * T_d)
+        assert samples == [[int(v * PACED_DEADLINE_S)] * 4 for v in PACED_SPEEDS]  # floor(V * T_d)
+        assert [row[0] for row in samples] == [10, 15, 20, 30]
     expected = reference_models(config, 4, samples)
     for got, want in zip(_final_params(out, 4, 4), expected):
         assert_close(got, want, rtol=1e-5, atol=1e-6)
@@ -96,12 +108,15 @@ def test_quickstart_trains_to_90_percent_and_writes_the_run_directory(tmp_path):
 
 
 def test_uniform_stragglers_compute_floor_of_speed_times_deadline(tmp_path):
+    # V ~ U(1, 9) samples/s with T_d = 1 s: the same counts 1..9 as U(10, 90) with T_d = 0.1 s, with ten times
+    # the paced time per micro-batch, so a descheduled node on a busy machine still keeps its pace.
     out = _launch(tmp_path, SMALL + ["algorithm.name=quantimed", "run.iterations=6", "emulation.stragglers=true",
-                                     "algorithm.deadline_s=0.1", "algorithm.micro_batch_size=2"])
+                                     "emulation.speed_low=1", "emulation.speed_high=9", "algorithm.deadline_s=1.0",
+                                     "algorithm.micro_batch_size=2"])
     for rank in range(4):
         for row in read_jsonl(out / "nodes" / f"node_{rank:03d}.jsonl"):
-            assert 10 <= row["speed"] <= 90
-            assert row["samples"] == int(row["speed"] * 0.1 + 1e-9), row
+            assert 1 <= row["speed"] <= 9
+            assert row["samples"] == int(row["speed"] * 1.0 + 1e-9), row
 
 
 def test_world_size_must_match_topology(tmp_path):

@@ -42,3 +42,23 @@ def test_the_algorithm_table_lists_exactly_the_registry():
     from qtd.algorithms import NAMES
     table = README.split("| name | each iteration, at node i |", 1)[1].split("\n\n", 1)[0]
     assert re.findall(r"^\| `([a-z_]+)` \|", table, re.M) == list(NAMES)
+def test_the_documentation_refers_only_to_files_inside_the_repository():
+    repo = Path(__file__).resolve().parents[1]
+    outside = re.compile(r"DESIGN\.md|STYLE\.md|\.\./shared")
+    files = [repo / "README.md", *repo.glob("configs/**/*.yaml"), *repo.glob("qtd/**/*.py"),
+             *repo.glob("examples/*.py"), *repo.glob("launch/*"),
+             *[p for p in repo.glob("benchmarks/*.py") if p.name != "_common.py"]]  # _common: dev boxes keep MNIST
+    offenders = {str(p.relative_to(repo)) for p in files if outside.search(p.read_text())}
+    assert not offenders, sorted(offenders)
+    for target in re.findall(r"\]\(((?!https?:|#)[^)]+)\)", README):  # every relative link resolves
+        assert (repo / target).exists(), target
+
+
+def test_the_readme_says_how_to_get_mnist_and_that_an_import_path_is_code():
+    data = README.split("## Data and models", 1)[1].split("\n## ", 1)[0]
+    assert "**Getting MNIST**" in data and "data.download=true" in data and "data/mnist" in data
+    from qtd.config import load_config
+    paper = Path(__file__).resolve().parents[1] / "configs" / "paper"
+    roots = {load_config(p).data.root for p in sorted(paper.glob("*.yaml"))}
+    assert roots == {"data/mnist"}  # where the README says to put the files
+    assert "A config that names an import path is code" in README

@@ -66,7 +66,7 @@ def test_stacked_gradients_match_the_real_per_node_micro_batch_loop(tmp_path):
 
 
 def _per_iteration_s(algorithm: str, config, speeds: list[float], numel: int, overlap: bool) -> float:
-    """The paper's time model, written out for this test (DESIGN.md section 2)."""
+    """The paper's time model, written out for this test (the README's qtd sim table)."""
     emu, algo, n = config.emulation, config.algorithm, config.topology.nodes
     message = emu.link_latency_s + emu.comm_time_s * config.compression.bits / 16
     compute = algo.deadline_s if algorithm == "quantimed" else max(algo.batch_size / v for v in speeds)
@@ -220,7 +220,7 @@ def test_paper_configs_describe_the_papers_mnist_setting(tmp_path, mnist_dir):
     from qtd.topology import build_topology
     for name in ("quantimed", "qdsgd", "dsgd", "async_dsgd", "allreduce_sgd"):
         config = load_config(REPO / "configs" / "paper" / f"{name}.yaml")  # what qtd launch checks first
-        assert config.data.root == "../shared/data/mnist" and config.algorithm.name == name
+        assert config.data.root == "data/mnist" and config.algorithm.name == name
         assert (config.topology.kind, config.topology.nodes, config.topology.p) == ("erdos_renyi", 50, 0.4)
         assert (config.emulation.speed_low, config.emulation.speed_high, config.emulation.comm_time_s) == (10, 90, 3)
         build_topology(config.topology)

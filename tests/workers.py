@@ -122,3 +122,17 @@ def ps_worker(rank: int, world_size: int, args: dict, out_path: str) -> None:
     step.check_replicas(100)  # back in sync
     torch.save(results, out_path)
     close_world(world)
+
+
+def data_only_outside_nodes(root: str = "", seed: int = 0):
+    """A data factory (``data.name=tests.workers:data_only_outside_nodes``) whose data the launcher's check
+    finds but no node does: what a data root visible only where the run was started looks like. It tests
+    that a node failing at start ends the run with the node's message and one summary line."""
+    from qtd.data.datasets import SYNTHETIC_CLASSES
+    from qtd.errors import DataError
+
+    if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
+        raise DataError(f"data.root={root!r} is not a directory on node {os.environ.get('RANK')}: the data "
+                        "must be where every node runs")
+    x = torch.randn(200, 4, generator=torch.Generator().manual_seed(seed))
+    return x, torch.arange(200) % SYNTHETIC_CLASSES

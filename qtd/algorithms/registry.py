@@ -16,6 +16,7 @@ import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
 
+from ..echo import shown
 from ..errors import ConfigError
 from ..formats import ALLOWED_BITS, UNQUANTIZED_BITS
 from .decentralized import dsgd_update, quantimed_update, sgd_update
@@ -118,7 +119,7 @@ def get_spec(name: str) -> AlgorithmSpec:
     try:
         return ALGORITHMS[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"algorithm.name={name!r} is not allowed: choose one of {', '.join(NAMES)}") from None
+        raise ConfigError(f"algorithm.name={shown(name)} is not allowed: choose one of {', '.join(NAMES)}") from None
 
 
 def spec_for(mode: str, name: str) -> AlgorithmSpec:

@@ -1,41 +1,46 @@
-"""`qtd launch | train | sim | topology | bench`: thin entry points that build, run and close."""
+"""`qtd launch | train | sim | topology | bench | check`: thin entry points that build, run and close."""
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from pathlib import Path
 from typing import Sequence
 
-from ..errors import ConfigError, QtdError
+from ..echo import shown
+from ..errors import ConfigError, QtdError, one_line
+from .args import ArgumentParser, add_config_args, count_in
+
+MAX_RESTARTS = 1000  # torchrun restarts the whole group each time; beyond this a run is failing, not flaky
 
 
-def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="YAML config file, e.g. configs/quickstart.yaml")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set topology.nodes=8 (repeatable)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qtd", description=__doc__)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="qtd", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     launch = commands.add_parser("launch", help="start torchrun with one process per graph node on this machine")
-    _add_config_args(launch)
-    launch.add_argument("--max-restarts", type=int, default=0,
+    add_config_args(launch)
+    launch.add_argument("--max-restarts", type=count_in("--max-restarts", 0, MAX_RESTARTS, "a number of restarts"),
+                        default=0,
                         help="torchrun elastic restarts after a node process fails (resumes from checkpoints)")
 
     train = commands.add_parser("train", help="run this process's node (what torchrun starts: python -m qtd.train)")
-    _add_config_args(train)
+    add_config_args(train)
 
     sim = commands.add_parser("sim", help="run all nodes in one process on a virtual clock")
-    _add_config_args(sim)
+    add_config_args(sim)
 
     topology = commands.add_parser("topology", help="print the graph, its mixing matrix and spectral gap")
-    _add_config_args(topology)
+    add_config_args(topology)
     topology.add_argument("--png", default=None, help="also save a drawing of the graph to this PNG file")
 
+    check = commands.add_parser("check", help="check a config, its graph, run directory and data; print the "
+                                              "node count (python -m qtd.cli.check)")
+    add_config_args(check)
+
     bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. qtd bench wallclock --quick)")
-    bench.add_argument("name", help="benchmark name: a file benchmarks/NAME.py")
+    bench.add_argument("name", help="benchmark name: one of the files benchmarks/NAME.py")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark (--quick, --out DIR)")
     return parser
 
@@ -43,43 +48,61 @@ def build_parser() -> argparse.ArgumentParser:
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "launch":
-        from ..engine.launch import launch_command
+        from .launch import launch_command
         return launch_command(args.config, args.overrides, max_restarts=args.max_restarts)
     if args.command == "train":
         from ..train import train_command
         return train_command(args.config, args.overrides)
     if args.command == "sim":
-        from ..sim.cli import sim_command
+        from .sim import sim_command
         return sim_command(args.config, args.overrides)
     if args.command == "topology":
         from ..topology.cli import topology_command
         return topology_command(args.config, args.overrides, png=args.png)
+    if args.command == "check":
+        from .check import check_command
+        print(check_command(args.config, args.overrides))
+        return 0
     if args.command == "bench":
         return bench_command(args.name, args.args)
     raise AssertionError(f"unhandled command {args.command}")
 
 
-def bench_command(name: str, args: Sequence[str]) -> int:
-    """Run benchmarks/NAME.py from the current directory or from the checkout qtd was installed from."""
-    import subprocess
-    from pathlib import Path
+_BENCHMARK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]*")
 
-    roots = [Path.cwd(), Path(__file__).resolve().parents[2]]
-    candidates = [root / "benchmarks" / f"{name}.py" for root in roots]
-    script = next((path for path in candidates if path.is_file()), None)
-    if script is None:
-        available = sorted({p.stem for root in roots for p in (root / "benchmarks").glob("*.py")
-                            if not p.stem.startswith("_")})
-        raise ConfigError(f"no benchmark named {name!r}; available: {', '.join(available) or 'none found'} "
-                          "(run from the qtd checkout)")
-    return subprocess.call([sys.executable, str(script), *args])
+
+def benchmark_roots() -> list[Path]:
+    """Where `qtd bench` looks for benchmarks/: the current directory, then the checkout qtd runs from."""
+    return [Path.cwd(), Path(__file__).resolve().parents[2]]
+
+
+def available_benchmarks() -> dict[str, Path]:
+    """Benchmark name -> script: the files benchmarks/NAME.py (helpers start with _ and are not benchmarks)."""
+    found: dict[str, Path] = {}
+    for root in benchmark_roots():
+        for script in sorted((root / "benchmarks").glob("*.py")):
+            if _BENCHMARK_NAME.fullmatch(script.stem) and script.is_file():
+                found.setdefault(script.stem, script)
+    return found
+
+
+def bench_command(name: str, args: Sequence[str]) -> int:
+    """Run benchmarks/NAME.py, NAME being one of the benchmarks there by name (never a path)."""
+    import subprocess
+
+    available = available_benchmarks()
+    if name not in available:
+        names = ", ".join(available) or "none found (run from the qtd checkout)"
+        hint = "" if _BENCHMARK_NAME.fullmatch(name) else " (give a benchmark's name, not a path)"
+        raise ConfigError(f"no benchmark named {shown(name)}{hint}; available: {names}")
+    return subprocess.call([sys.executable, str(available[name]), *args])
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     try:
         code = run(argv)
     except QtdError as exc:
-        print(f"qtd: error: {exc}", file=sys.stderr)
+        print(f"qtd: error: {one_line(exc)}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:
         print("qtd: interrupted", file=sys.stderr)

@@ -2,7 +2,8 @@
 error feedback, Block-Sign and the gradient messages of parameter-server mode. Never imports torch.distributed.
 
 ``encode_message`` / ``decode_message`` run the fused fast path for the tensor's device when it is
-available (numba on CPU, Triton on CUDA) and the plain torch reference otherwise (see :mod:`.fused`).
+available (numba on CPU, Triton on CUDA) and the plain torch reference otherwise (see :mod:`.fused`);
+``warm_up`` compiles those fast paths ahead of a run (see :mod:`.warmup`).
 """
 
 from .backend import select_backend
@@ -18,6 +19,7 @@ from .packing import pack_bits, packed_nbytes, unpack_bits
 from .quantizer import Quantized, dequantize, quantize
 from .topk import Sparse, topk_compress, topk_decompress
 from .uint_packing import index_bits, pack_uints, unpack_uints
+from .warmup import warm_up, warm_up_for
 from .wire import HEADER_BYTES, Header, decode_message, encode_message, message_nbytes, read_header
 
 __all__ = [
@@ -58,4 +60,6 @@ __all__ = [
     "unpack_bits",
     "unpack_dequantize",
     "unpack_uints",
+    "warm_up",
+    "warm_up_for",
 ]

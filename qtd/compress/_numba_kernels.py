@@ -11,9 +11,18 @@ No ``fastmath``: contracting multiply-add into FMA would change rounding and bre
 
 Kernels take numpy views of contiguous tensors and release the GIL, so a communication thread can run alongside.
 ``AVAILABLE`` is False when numba cannot be imported (or its JIT is disabled); callers then use the reference path.
+
+Compiled kernels are cached on disk (numba's ``cache=True``) in ``CACHE_DIR``: ``NUMBA_CACHE_DIR`` when set, else
+this package's ``__pycache__`` when it is writable (an editable install), else a per-user directory
+(``$XDG_CACHE_HOME/qtd/numba``, or one in the temporary directory), so an installed read-only package compiles
+once too. :func:`qtd.compress.warm_up` compiles or loads them before a run's timed loop.
 """
 
 from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
 
 import numpy as np
 from torch import Tensor
@@ -33,12 +42,50 @@ from .grid import Grid, levels
 
 CHUNK = 4096  # elements per step: a multiple of 8, so every chunk starts on a byte boundary at any width
 
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+        return True
+    except OSError:
+        return False
+
+
+def _user_cache_dirs() -> list[Path]:
+    dirs = []
+    try:
+        dirs.append(Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "qtd" / "numba")
+    except RuntimeError:  # no home directory
+        pass
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    dirs.append(Path(tempfile.gettempdir()) / f"qtd-numba-{uid}")
+    return dirs
+
+
+def _cache_dir() -> Path | None:
+    """Where the compiled kernels live (see the module docstring); None when nothing is writable."""
+    if numba.config.CACHE_DIR:
+        return Path(numba.config.CACHE_DIR)
+    in_tree = Path(__file__).resolve().parent / "__pycache__"
+    if _writable(in_tree):
+        return in_tree  # numba's own first choice
+    for folder in _user_cache_dirs():
+        if _writable(folder):
+            numba.config.CACHE_DIR = str(folder)  # numba reads it when each kernel below is defined
+            return folder
+    return None
+
+
+CACHE_DIR: Path | None = _cache_dir() if AVAILABLE else None
+
 if AVAILABLE:
     _U32 = np.uint32
     _U64 = np.uint64
-    _jit = njit(cache=True, nogil=True)
+    _CACHE = CACHE_DIR is not None  # without a writable place, every process compiles (slower, still correct)
+    _jit = njit(cache=_CACHE, nogil=True)
 
-    @njit(cache=True, nogil=True, inline="always")
+    @njit(cache=_CACHE, nogil=True, inline="always")
     def _lowbias32(x):
         x = _U32(x ^ (x >> _U32(16)))
         x = _U32(x * _U32(LOWBIAS_M1))  # numba widens uint32 products; the cast keeps the low 32 bits

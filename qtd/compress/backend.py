@@ -19,6 +19,8 @@ from typing import TypeVar
 
 import torch
 
+from ..echo import shown
+
 T = TypeVar("T")
 _FAILED: set[str] = set()  # fast paths that raised at run time in this process; auto no longer picks them
 
@@ -47,7 +49,7 @@ def _resolve(device: torch.device | str, backend: str) -> tuple[str, bool]:
     if backend == "auto":
         backend = os.environ.get("QTD_COMPRESS_BACKEND", "auto") or "auto"
         if backend not in BACKENDS:
-            raise ValueError(f"QTD_COMPRESS_BACKEND={backend!r}: choose one of {', '.join(BACKENDS)}")
+            raise ValueError(f"QTD_COMPRESS_BACKEND={shown(backend)}: choose one of {', '.join(BACKENDS)}")
     if backend == "auto":
         if device.type == "cpu" and "numba" not in _FAILED and numba_available():
             return "numba", True

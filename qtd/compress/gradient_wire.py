@@ -13,7 +13,7 @@ Header (little-endian, ``GRAD_HEADER_FORMAT``)::
          4    1 value_bits  TopK: 16 (float16) or 32 (float32) values; Block-Sign: 32 (float32 scales)
          5    1 index_bits  TopK: ceil(log2 numel) (at least 1); Block-Sign: 1 (one sign bit per element)
          6    2 reserved    0
-         8    8 numel       length of the dense gradient
+         8    8 numel       length of the dense gradient, 1..2**56
         16    4 count       TopK: k entries; Block-Sign: number of blocks (scales)
         20    4 sender
         24    4 iteration   (mod 2**32)
@@ -35,7 +35,7 @@ from ..errors import WireFormatError
 from .header import HeaderLayout, check_expected, message_buffer
 from .packing import packed_nbytes
 from .topk import Sparse
-from .uint_packing import index_bits, pack_uints, uint_nbytes, unpack_uints
+from .uint_packing import MAX_UINT_BITS, index_bits, pack_uints, uint_nbytes, unpack_uints
 
 GRAD_MAGIC = b"QG"
 GRAD_WIRE_VERSION = 1
@@ -46,6 +46,7 @@ KIND_TOPK = 1
 KIND_SIGN = 2
 VALUE_BITS = (16, 32)
 _VALUE_DTYPES = {16: torch.float16, 32: torch.float32}
+MAX_NUMEL = 2**MAX_UINT_BITS  # the largest dense gradient: its indices fit the uint packing's widest values
 
 assert GRAD_HEADER_BYTES == 32
 
@@ -132,6 +133,9 @@ def read_grad_header(message: Tensor, *, expected_kind: int | None = None, expec
     kind, value_bits, idx_bits, reserved, numel, count, sender, iteration = LAYOUT.unpack(message)
     if reserved != 0 or kind not in (KIND_TOPK, KIND_SIGN) or numel < 1:
         raise WireFormatError(f"malformed gradient message: kind={kind}, reserved={reserved}, numel={numel}")
+    if numel > MAX_NUMEL:
+        raise WireFormatError(f"malformed gradient message from sender {sender}: numel={numel} exceeds the "
+                              f"{MAX_NUMEL} elements (2**{MAX_UINT_BITS}) whose TopK indices the format can pack")
     if kind == KIND_TOPK:
         if value_bits not in VALUE_BITS or idx_bits != index_bits(numel) or count > numel:
             raise WireFormatError(f"malformed TopK message: value_bits={value_bits}, index_bits={idx_bits}, "

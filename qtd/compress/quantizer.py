@@ -1,4 +1,4 @@
-"""The paper's unbiased stochastic uniform quantizer (DESIGN.md section 1, eq. 7).
+"""The paper's unbiased stochastic uniform quantizer (Reisizadeh et al. 2019, eq. 7; README: "Quantizer").
 
 The grid has ``2**bits`` levels ``offset + k * scale``, k = 0..2**bits - 1, spanning [min(x), max(x)] of the
 message itself, so no value is ever clipped. With ``t = (x - offset) / scale``, ``Q`` rounds ``t`` up with

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from ..algorithms.registry import NAMES as ALGORITHMS, Runner, get_spec
 from ..errors import ConfigError
 from ..formats import ALLOWED_BITS, QUANTIZED_BITS
+from ..echo import shown
 
 MODES = ("decentralized", "ps")
 TOPOLOGIES = ("ring", "torus", "complete", "star", "exponential", "erdos_renyi", "file")
@@ -26,10 +27,16 @@ SPEED_DISTRIBUTIONS = ("uniform", "fixed")
 BACKENDS = ("auto", "gloo", "nccl")
 MAX_NODES = 1024  # one process each; W is dense and its spectral gap is an O(n^3) eigendecomposition
 MAX_SEED = 2**32 - 1  # seeds are scaled and offset per node before they reach torch's 64-bit generators
+# Every duration becomes a sleep, a wait or a datetime.timedelta somewhere (time.sleep and thread waits overflow
+# past about 9.2e9 s, timedelta past 8.6e13 s). A million seconds (11.6 days) bounds each of them, and a whole
+# emulated all-reduce (2(n-1) messages of up to 2 T_c + latency each) stays far below those limits.
+MAX_DURATION_S = 1e6
+MIN_SPEED = 1e-3  # samples/s: a batch of MAX_BATCH at this speed is a sleep of about 1e9 s, still a valid one
+MAX_BATCH = 2**20  # samples per node and step
 
 
 def _fail(key: str, value: object, allowed: str) -> None:
-    raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+    raise ConfigError(f"{key}={shown(value)} is not allowed: {allowed}")
 
 
 def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
@@ -49,6 +56,25 @@ def _non_negative(key: str, value: float) -> None:
         _fail(key, value, "must be >= 0")
     if not math.isfinite(value):
         _fail(key, value, "must be a finite number")
+
+
+def _duration(key: str, value: float, allow_zero: bool = False) -> None:
+    """A number of seconds that will be slept, waited for or turned into a timedelta."""
+    (_non_negative if allow_zero else _positive)(key, value)
+    if value > MAX_DURATION_S:
+        _fail(key, value, f"must be at most {MAX_DURATION_S:,.0f} seconds (about 11.6 days)")
+
+
+def _batch(key: str, value: int) -> None:
+    _positive(key, value)
+    if value > MAX_BATCH:
+        _fail(key, value, f"must be at most {MAX_BATCH} samples per node and step")
+
+
+def _speed(key: str, value: float) -> None:
+    _positive(key, value)
+    if value < MIN_SPEED:
+        _fail(key, value, f"must be at least {MIN_SPEED} samples per second (a slower node would sleep for years)")
 
 
 def _seed(key: str, value: int) -> None:
@@ -85,8 +111,8 @@ class RunConfig:
         _positive("run.eval_every", self.eval_every)
         _non_negative("run.checkpoint_every", self.checkpoint_every)
         _choice("run.resume", self.resume, ("auto", "never"))
-        _non_negative("run.time_budget_s", self.time_budget_s)
-        _non_negative("run.eval_every_s", self.eval_every_s)
+        _duration("run.time_budget_s", self.time_budget_s, allow_zero=True)
+        _duration("run.eval_every_s", self.eval_every_s, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -131,9 +157,9 @@ class AlgorithmConfig:
 
     def __post_init__(self) -> None:
         get_spec(self.name)  # the registry names the allowed algorithms
-        _positive("algorithm.batch_size", self.batch_size)
-        _positive("algorithm.micro_batch_size", self.micro_batch_size)
-        _positive("algorithm.deadline_s", self.deadline_s)
+        _batch("algorithm.batch_size", self.batch_size)
+        _batch("algorithm.micro_batch_size", self.micro_batch_size)
+        _duration("algorithm.deadline_s", self.deadline_s)
         _positive("algorithm.alpha", self.alpha)
         _positive("algorithm.eps", self.eps)
         _choice("algorithm.schedule", self.schedule, SCHEDULES)
@@ -199,7 +225,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class EmulationConfig:
-    """Emulated stragglers and links (DESIGN.md section 2); off by default in real runs.
+    """Emulated stragglers and links (README: "Emulating stragglers and slow links"); off by default.
 
     The simulator always uses the speed distribution and comm_time_s: its time model needs them.
     """
@@ -215,18 +241,18 @@ class EmulationConfig:
 
     def __post_init__(self) -> None:
         _choice("emulation.speed_distribution", self.speed_distribution, SPEED_DISTRIBUTIONS)
-        _positive("emulation.speed_low", self.speed_low)
-        _positive("emulation.speed_high", self.speed_high)
+        _speed("emulation.speed_low", self.speed_low)
+        _speed("emulation.speed_high", self.speed_high)
         if not self.speed_high >= self.speed_low:
             _fail("emulation.speed_high", self.speed_high,
                   f"must be >= emulation.speed_low ({self.speed_low})")
         for speed in self.speeds:
-            _positive("emulation.speeds", speed)
+            _speed("emulation.speeds", speed)
         if self.speed_distribution == "fixed" and not self.speeds:
             _fail("emulation.speeds", list(self.speeds),
                   "speed_distribution=fixed needs one speed per node")
-        _non_negative("emulation.comm_time_s", self.comm_time_s)
-        _non_negative("emulation.link_latency_s", self.link_latency_s)
+        _duration("emulation.comm_time_s", self.comm_time_s, allow_zero=True)
+        _duration("emulation.link_latency_s", self.link_latency_s, allow_zero=True)
 
 
 @dataclass(frozen=True)
@@ -238,7 +264,7 @@ class CommConfig:
 
     def __post_init__(self) -> None:
         _choice("comm.backend", self.backend, BACKENDS)
-        _positive("comm.timeout_s", self.timeout_s)
+        _duration("comm.timeout_s", self.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -265,7 +291,7 @@ class PSConfig:
             _fail("ps.k_ratio", self.k_ratio, "must be in (0, 1]")
         if self.value_bits not in (16, 32):
             _fail("ps.value_bits", self.value_bits, "use 32 (float32 values) or 16 (float16 values)")
-        _positive("ps.batch_size", self.batch_size)
+        _batch("ps.batch_size", self.batch_size)
         _positive("ps.lr", self.lr)
         for key, value in (("ps.beta1", self.beta1), ("ps.beta2", self.beta2)):
             if not 0 <= value < 1:

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from ..config import DataConfig
+from ..echo import cut, shown
 from ..errors import DataError
 from ..importpath import resolve_factory
 from .arrays import ArrayDataset, DatasetSplits, split_single, standardised
@@ -42,7 +43,8 @@ def load_custom(config: DataConfig, seed: int) -> DatasetSplits:
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"data.name={config.name!r}: the factory raised {type(exc).__name__}: {exc}") from exc
+        raise DataError(f"data.name={shown(config.name)}: the factory raised {type(exc).__name__}: "
+                        f"{cut(str(exc))}") from exc
     return to_splits(result, config, seed)
 
 
@@ -58,7 +60,7 @@ def _keyword_arguments(factory: Any, available: dict[str, Any]) -> dict[str, Any
 
 def to_splits(result: Any, config: DataConfig, seed: int) -> DatasetSplits:
     """Turn whatever a data factory returned into :class:`DatasetSplits` (see the module docstring)."""
-    where = f"data.name={config.name!r}"
+    where = f"data.name={shown(config.name)}"
     if isinstance(result, DatasetSplits):
         return result
     if isinstance(result, ArrayDataset) or _is_pair_of_arrays(result) or _is_dataset(result):

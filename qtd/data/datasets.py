@@ -11,12 +11,16 @@ Every node of a run calls :func:`load_dataset` with the same config and seed and
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..config import DataConfig
+from ..echo import shown
 from ..errors import DataError
 from .arrays import ArrayDataset, DatasetSplits, split_single, standardised
 from .idx import read_idx
@@ -48,16 +52,35 @@ def load_dataset(config: DataConfig, seed: int = 0) -> DatasetSplits:
     if ":" in name:
         from .custom import load_custom
         return load_custom(config, seed)
-    raise DataError(f"data.name={name!r} is not a known dataset: choose digits, synthetic, mnist_idx, "
+    raise DataError(f"data.name={shown(name)} is not a known dataset: choose digits, synthetic, mnist_idx, "
                     f"mnist, fashion_mnist, cifar10 or give package.module:factory")
 
 
-def _digits(config: DataConfig, seed: int) -> DatasetSplits:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled digits: 1,797 8x8 images with values 0..16 (float64) and their labels.
+
+    Read from the file scikit-learn ships (``sklearn/datasets/data/digits.csv.gz``, what ``load_digits``
+    reads) without importing scikit-learn, whose import costs each node process a second or more of CPU;
+    ``load_digits`` itself when the file is not where it used to be.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        path = Path(location) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                table = np.loadtxt(handle, delimiter=",")
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
     from sklearn.datasets import load_digits
 
-    bunch = load_digits()  # 1,797 8x8 images with values 0..16, bundled inside scikit-learn
-    x = torch.from_numpy(bunch.images).to(torch.uint8).unsqueeze(1)  # (N, 1, 8, 8)
-    labels = torch.from_numpy(bunch.target).to(torch.int64)
+    bunch = load_digits()
+    return bunch.images, bunch.target
+
+
+def _digits(config: DataConfig, seed: int) -> DatasetSplits:
+    images, target = digits_arrays()
+    x = torch.from_numpy(images).to(torch.uint8).unsqueeze(1)  # (N, 1, 8, 8)
+    labels = torch.from_numpy(target).to(torch.int64)
     dataset = ArrayDataset(x, labels, num_classes=10)
     return standardised(split_single(dataset, config.test_fraction, config.eval_on, seed))
 
@@ -90,8 +113,8 @@ def _read_idx_split(config: DataConfig, images_path: Path, labels_path: Path) ->
     try:
         images, labels = read_idx(images_path), read_idx(labels_path)
     except DataError as exc:
-        raise DataError(f"data.name=mnist_idx, data.root={config.root!r}: {exc}") from exc
-    where = f"data.name=mnist_idx, data.root={config.root!r}"
+        raise DataError(f"data.name=mnist_idx, data.root={shown(config.root)}: {exc}") from exc
+    where = f"data.name=mnist_idx, data.root={shown(config.root)}"
     if images.dim() != 3:
         raise DataError(f"{where}: {images_path.name} holds an array of shape {tuple(images.shape)}, "
                         f"expected images (N, height, width)")
@@ -112,8 +135,8 @@ def _mnist_idx(config: DataConfig, seed: int) -> DatasetSplits:
     expected = ("train-images-idx3-ubyte[.gz] with train-labels-idx1-ubyte[.gz], and/or "
                 "t10k-images-idx3-ubyte[.gz] with t10k-labels-idx1-ubyte[.gz]")
     if not root.is_dir():
-        raise DataError(f"data.root={config.root!r} is not a directory: data.name=mnist_idx needs the "
-                        f"directory holding {expected}")
+        raise DataError(f"data.root={shown(config.root)} is not a directory: data.name=mnist_idx needs the "
+                        f"directory holding {expected} (the README's 'Getting MNIST' says where to find them)")
     arrays: dict[str, tuple[Tensor, Tensor]] = {}
     for split in IDX_SPLITS:
         images_path, labels_path = idx_files(root, split)
@@ -121,15 +144,15 @@ def _mnist_idx(config: DataConfig, seed: int) -> DatasetSplits:
             continue
         if images_path is None or labels_path is None:
             present, missing = (images_path, "labels") if labels_path is None else (labels_path, "images")
-            raise DataError(f"data.root={config.root!r} holds {present.name} but no {split} {missing} file "
+            raise DataError(f"data.root={shown(config.root)} holds {shown(present.name)} but no {split} {missing} file "
                             f"beside it: add {split}-{missing}-idx{3 if missing == 'images' else 1}-ubyte[.gz]")
         arrays[split] = _read_idx_split(config, images_path, labels_path)
     if not arrays:
-        raise DataError(f"data.root={config.root!r} holds no MNIST-style IDX files: data.name=mnist_idx "
+        raise DataError(f"data.root={shown(config.root)} holds no MNIST-style IDX files: data.name=mnist_idx "
                         f"expects {expected}")
     shapes = {split: tuple(x.shape[1:]) for split, (x, _) in arrays.items()}
     if len(set(shapes.values())) > 1:
-        raise DataError(f"data.root={config.root!r}: the train and t10k images differ in size {shapes}")
+        raise DataError(f"data.root={shown(config.root)}: the train and t10k images differ in size {shapes}")
     num_classes = max(int(labels.max()) + 1 for _, labels in arrays.values())
     datasets = {split: ArrayDataset(x, y, num_classes) for split, (x, y) in arrays.items()}
     if len(datasets) == 2:

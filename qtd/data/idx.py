@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..echo import cut
 from ..errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -34,16 +35,17 @@ _MAX_DIMS = 8
 
 
 def _raw_bytes(path: Path) -> bytes:
+    name = cut(str(path))
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        raise DataError(f"cannot read IDX file {path}: {exc.strerror or exc}") from exc
+        raise DataError(f"cannot read IDX file {name}: {exc.strerror or cut(str(exc))}") from exc
     if raw[:2] != GZIP_MAGIC:
         return raw
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(f"IDX file {path} is a broken gzip file ({exc}); it is probably truncated: "
+        raise DataError(f"IDX file {name} is a broken gzip file ({cut(str(exc))}); it is probably truncated: "
                         f"replace it with a complete copy") from exc
 
 
@@ -51,27 +53,28 @@ def read_idx(path: str | Path) -> Tensor:
     """The array stored in an IDX file (gzipped or not), as a tensor of the file's dtype and shape."""
     path = Path(path)
     raw = _raw_bytes(path)
+    name = cut(str(path))
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
-        raise DataError(f"{path} is not an IDX file: it must start with two zero bytes, a type code and "
+        raise DataError(f"{name} is not an IDX file: it must start with two zero bytes, a type code and "
                         f"the number of dimensions (got {raw[:4]!r})")
     code, ndim = raw[2], raw[3]
     if code not in IDX_DTYPES:
-        raise DataError(f"{path} is not an IDX file: unknown type code 0x{code:02x} (known: "
+        raise DataError(f"{name} is not an IDX file: unknown type code 0x{code:02x} (known: "
                         + ", ".join(f"0x{c:02x}" for c in IDX_DTYPES) + ")")
     if not 1 <= ndim <= _MAX_DIMS:
-        raise DataError(f"{path} is not an IDX file: it declares {ndim} dimensions (1..{_MAX_DIMS} allowed)")
+        raise DataError(f"{name} is not an IDX file: it declares {ndim} dimensions (1..{_MAX_DIMS} allowed)")
     header = 4 + 4 * ndim
     if len(raw) < header:
-        raise DataError(f"IDX file {path} is truncated inside its header ({len(raw)} of {header} bytes)")
+        raise DataError(f"IDX file {name} is truncated inside its header ({len(raw)} of {header} bytes)")
     shape = tuple(int(size) for size in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
     dtype = IDX_DTYPES[code]
     expected = math.prod(shape) * dtype.itemsize
     present = len(raw) - header
     if present < expected:
-        raise DataError(f"IDX file {path} is truncated: its header promises shape {shape} "
+        raise DataError(f"IDX file {name} is truncated: its header promises shape {shape} "
                         f"({expected} bytes of data) but it holds {present}; replace it with a complete copy")
     if present > expected:
-        raise DataError(f"IDX file {path} has {present - expected} bytes after the {expected} its header "
+        raise DataError(f"IDX file {name} has {present - expected} bytes after the {expected} its header "
                         f"promises for shape {shape}: it is not a valid IDX file")
     values = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=header).reshape(shape)
     return torch.from_numpy(values.astype(dtype.newbyteorder("="), copy=True))

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import DataError
+from ..echo import shown
 
 SCHEMES = ("contiguous", "iid", "dirichlet")
 
@@ -60,7 +61,7 @@ def partition(labels: Tensor, nodes: int, scheme: str, samples_per_node: int = 0
             raise DataError(f"data.dirichlet_alpha={dirichlet_alpha} must be > 0")
         return _dirichlet(labels.numpy(), sizes, dirichlet_alpha, seed)
     else:
-        raise DataError(f"data.partition={scheme!r} is not allowed: choose one of " + ", ".join(SCHEMES))
+        raise DataError(f"data.partition={shown(scheme)} is not allowed: choose one of " + ", ".join(SCHEMES))
     blocks = torch.split(order[:sum(sizes)], sizes)
     return [block.sort().values.to(torch.int64) for block in blocks]
 

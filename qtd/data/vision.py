@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..config import DataConfig
+from ..echo import cut, shown
 from ..errors import DataError
 from .arrays import ArrayDataset, DatasetSplits, standardised
 
@@ -51,13 +52,13 @@ def load_torchvision(config: DataConfig) -> DatasetSplits:
 
 
 def _explain(config: DataConfig, layout: str, exc: Exception) -> str:
-    where = f"data.name={config.name}, data.root={config.root!r}"
+    where = f"data.name={config.name}, data.root={shown(config.root)}"
     if config.download:
-        return (f"{where}: downloading with data.download=true failed ({type(exc).__name__}: {exc}); "
+        return (f"{where}: downloading with data.download=true failed ({type(exc).__name__}: {cut(str(exc))}); "
                 f"check the network, or place the files as {layout} under data.root and set data.download=false")
     message = (f"{where}: torchvision found no {config.name} data there (it expects {layout} under data.root); "
                f"point data.root at that directory, or set data.download=true to fetch it")
     root = Path(config.root)
     if config.name in ("mnist", "fashion_mnist") and root.is_dir() and any(root.glob("*idx[13]-ubyte*")):
-        message += f"; {config.root} itself holds IDX files: data.name=mnist_idx reads them as they are"
+        message += f"; {shown(config.root)} itself holds IDX files: data.name=mnist_idx reads them as they are"
     return message

@@ -32,9 +32,16 @@ class DeadlineTimer:
     """Runs micro-batches until ``deadline_s`` has passed, never starting one it predicts cannot finish
     in time, so the compute phase exceeds the deadline by at most about one micro-batch.
 
-    The per-sample time estimate persists across iterations. With an emulated speed V the node also
-    computes no faster than V samples per second (it sleeps the difference) and never more than
-    floor(V * T_d) samples, what a V-speed node would finish.
+    The per-sample time estimate persists across iterations. It changes only when a micro-batch runs, so
+    one stalled micro-batch (the first backward pass of a process can be 5-10x slower than the later ones;
+    a descheduled moment on a busy machine) could make it predict that no sample ever fits again, and
+    every later gradient would be empty. So after iterations in which nothing was predicted to fit, the
+    node probes: it computes one sample and takes that measurement as the estimate. A healthy node is then
+    back at work; one that really is too slow for T_d waits twice as many iterations before each next
+    probe, so its overshoot is one sample, rarely.
+
+    With an emulated speed V the node also computes no faster than V samples per second (it sleeps the
+    difference) and never more than floor(V * T_d) samples, what a V-speed node would finish.
     """
 
     def __init__(self, deadline_s: float, micro_batch_size: int, device: torch.device | None = None):
@@ -42,6 +49,8 @@ class DeadlineTimer:
         self.micro_batch_size = micro_batch_size
         self.device = device or torch.device("cpu")
         self._per_sample_s: float | None = None
+        self._empty = 0  # consecutive iterations in which no sample was predicted to fit
+        self._patience = 1  # empty iterations before the next probe (doubles while probes find it too slow)
 
     def _sync(self) -> None:
         # On a GPU kernels run asynchronously: a micro-batch counts only once its completion is observed.
@@ -60,25 +69,39 @@ class DeadlineTimer:
         end = start + self.deadline_s
         cap = deadline_samples(speed, self.deadline_s) if speed else None
         samples, batches, loss_sum, busy = 0, 0, 0.0, 0.0
+        starved = (self._per_sample_s is not None and (cap is None or cap > 0)
+                   and int(self.deadline_s / self._per_sample_s) < 1)
+        probe = starved and self._empty >= self._patience
         while True:
             k = self.micro_batch_size
             if cap is not None:
                 k = min(k, cap - samples)
-            if self._per_sample_s is not None:
+            if probe:
+                k = min(k, 1)
+            elif self._per_sample_s is not None:
                 fits = int((end - time.monotonic()) / self._per_sample_s)
                 k = min(k, fits)
-            if k < 1 or time.monotonic() >= end:
+            if k < 1 or (time.monotonic() >= end and not probe):
                 break
             t0 = time.monotonic()
             loss_sum += step(k)
             self._sync()
             took = time.monotonic() - t0
             busy += took
-            self._observe(k, took)
+            if probe:  # a fresh measurement replaces the estimate that stopped the node
+                self._per_sample_s, probe = took / k, False
+            else:
+                self._observe(k, took)
             samples += k
             batches += 1
             if speed:
                 _sleep_until(start + samples / speed)
+        if starved and batches == 0:
+            self._empty += 1
+        elif starved:  # probed: back to work if more than the probe fitted, else wait longer next time
+            self._empty, self._patience = 0, (1 if batches > 1 else 2 * self._patience)
+        else:
+            self._empty, self._patience = 0, 1
         return GradientResult(samples, loss_sum, batches, time.monotonic() - start, busy)
 
 

@@ -1,6 +1,6 @@
 """The one node loop of real runs: every algorithm's node, started by torchrun, goes through it.
 
-The driver owns what every run does alike: the run directory (DESIGN.md section 4), resume, the
+The driver owns what every run does alike: the run directory (README: "What a run writes"), resume, the
 evaluation cadence (:mod:`.cadence`: every N iterations, or at training times agreed in advance),
 checkpoints, the evaluator, the summary, TensorBoard and the progress bar. What an algorithm does in one
 iteration is its step object's (:mod:`.steps`), chosen by the runner of its spec in the registry.
@@ -215,7 +215,7 @@ class NodeDriver:
             if cadence.checkpoint_due(iteration, stepped):
                 self._checkpoint(iteration)
             if stepped:
-                progress.update(1, loss=f"{self._last_loss:.3f}",
+                progress.update(1, elapsed_s=self.clock.now(), loss=f"{self._last_loss:.3f}",
                                 **({"eval": f"{point.eval_loss:.3f}"} if point is not None else {}))
             if cadence.done(iteration):
                 break

@@ -1,6 +1,6 @@
 """What every run, real or simulated, records at an evaluation point; no network here.
 
-:class:`EvalPoint` is one row of ``metrics.jsonl`` (DESIGN.md section 4 keys first, then the run kind's
+:class:`EvalPoint` is one row of ``metrics.jsonl`` (the keys of the README's "What a run writes" first, then the run kind's
 own columns) and its TensorBoard tags (:func:`eval_scalars`); the real engine (:mod:`.evaluate`) and the
 simulator both build their rows with it, and evaluate a model with :func:`evaluate_sum`.
 """

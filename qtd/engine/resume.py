@@ -85,7 +85,7 @@ def completion_line(config: Config, iteration: int) -> str:
             "run.iterations to train on")
 
 
-def preflight(config: Config, nodes: int) -> str | None:
+def check_resume(config: Config, nodes: int) -> str | None:
     """The launcher's look before it starts anything: None to go ahead, a line to print (and exit 0) when
     the run is complete already; ConfigError when resuming would mislabel results. Reads node 0's newest
     intact checkpoint (the nodes check their own files again when they start)."""

@@ -1,4 +1,4 @@
-"""What a node of a real run writes to its run directory (DESIGN.md §4), opened and closed in one place.
+"""What a node of a real run writes to its run directory (README: "What a run writes"), opened and closed in one place.
 
 Rank 0 writes ``config.yaml``, ``metrics.jsonl`` and ``tensorboard/global``; every rank writes its own
 ``nodes/node_XXX.jsonl`` and ``tensorboard/node_XXX``. A run resumed at iteration ``start`` keeps the
@@ -33,7 +33,7 @@ class RunFiles:
         self.node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}", purge_step=purge_step)
         self.node_log = _resumed_log(out / "nodes" / f"node_{rank:03d}.jsonl", start)
         self.progress = Progress(run.iterations, initial=start, enabled=run.progress and rank == 0,
-                                 desc=f"{desc} x{world_size}")
+                                 desc=f"{desc} x{world_size}", time_budget_s=run.time_budget_s)
 
     def close(self) -> None:
         self.progress.close()

@@ -1,4 +1,4 @@
-"""``summary.json``: the DESIGN.md section 4 keys, written in one place for real and simulated runs."""
+"""``summary.json``: the keys the README lists under "What a run writes", written in one place for real and simulated runs."""
 
 from __future__ import annotations
 

@@ -3,7 +3,9 @@
 Takes exactly torchrun's arguments and runs torchrun's own launcher in this process. Where torchrun
 would end a failed run with its Python traceback (ChildFailedError, or a rendezvous error on a
 multi-machine start), this prints one ``qtd: error:`` line naming the failed node and exits non-zero;
-the node's own message is already above it. `qtd launch` and the scripts in launch/ start runs this way.
+the node's own message is already above it. A torchrun argument it would refuse with a bare
+AssertionError or ValueError (``--max-restarts -1``, ``--nproc-per-node 0``) or a usage block is one line
+too, before anything starts. `qtd launch` and the scripts in launch/ start runs this way.
 """
 
 from __future__ import annotations
@@ -11,6 +13,47 @@ from __future__ import annotations
 import sys
 from collections import Counter
 from typing import Sequence
+
+from ..echo import cut, shown
+
+
+def _problem(args) -> str | None:
+    """What torchrun would refuse with a bare AssertionError or ValueError, as one sentence naming the flag."""
+    if args.max_restarts < 0:
+        return f"--max-restarts={args.max_restarts} is not allowed: give a number of restarts >= 0"
+    nproc = str(args.nproc_per_node)
+    if nproc.lstrip("-").isdigit():
+        if int(nproc) < 1:
+            return f"--nproc-per-node={shown(nproc)} is not allowed: give a number of processes >= 1"
+    elif nproc not in ("auto", "cpu", "gpu", "xpu"):
+        return f"--nproc-per-node={shown(nproc)} is not allowed: give a number, or auto, cpu or gpu"
+    low, sep, high = str(args.nnodes).partition(":")
+    try:
+        low_n = int(low)
+        high_n = int(high) if sep else low_n
+    except ValueError:
+        return f"--nnodes={shown(args.nnodes)} is not allowed: give a number of machines N or a range MIN:MAX"
+    if not 0 < low_n <= high_n:
+        return f"--nnodes={shown(args.nnodes)} is not allowed: give N >= 1, or MIN:MAX with 1 <= MIN <= MAX"
+    return None
+
+
+def parse_torchrun_args(argv: Sequence[str]):
+    """torchrun's arguments, checked; a bad one prints one ``qtd: error:`` line and exits with code 2."""
+    from torch.distributed.run import get_args_parser
+
+    parser = get_args_parser()
+
+    def one_line_error(message: str):  # instead of argparse's usage block
+        print(f"qtd: error: {cut(message, 300)} (see torchrun --help)", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+    parser.error = one_line_error
+    args = parser.parse_args(list(argv))
+    problem = _problem(args)
+    if problem is not None:
+        one_line_error(problem)
+    return args
 
 
 def _how(failure) -> str:
@@ -42,11 +85,16 @@ def run_torchrun(argv: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError
-    from torch.distributed.run import parse_args, run
+    from torch.distributed.run import run
 
-    args = parse_args(list(argv))
+    args = parse_torchrun_args(argv)
     try:
         run(args)
+    except (AssertionError, ValueError) as exc:  # torchrun checks its settings with these, before any node runs
+        details = cut(str(exc)) or "no details"
+        print(f"qtd: error: torchrun refused its settings ({type(exc).__name__}: {details}); check the launch "
+              "arguments (torchrun --help)", file=sys.stderr, flush=True)
+        return 2
     except ChildFailedError as exc:
         restarts = f" after {args.max_restarts} restart{'s' if args.max_restarts != 1 else ''}" if args.max_restarts else ""
         print(f"qtd: error: the run failed{restarts}: {failure_summary(exc.failures, exc.get_first_failure())}",

@@ -11,8 +11,9 @@ _WHERE = {
     "complete_iterations": "layout", "node_file": "layout", "checkpoint_dir": "layout",
     "load_node_checkpoint": "checkpoint", "prune_node_checkpoints": "checkpoint",
     "save_node_checkpoint": "checkpoint", "remove_checkpoints": "checkpoint",
-    "JsonlWriter": "writers", "Progress": "writers", "ScalarLogger": "writers", "TensorBoardLogger": "writers",
-    "read_jsonl": "writers", "write_json_atomic": "writers",
+    "JsonlWriter": "writers", "ScalarLogger": "writers", "TensorBoardLogger": "writers",
+    "read_jsonl": "writers", "write_json_atomic": "writers", "Progress": "progress",
+    "read_result_line": "results", "result_line": "results",
 }
 __all__ = sorted(_WHERE)
 

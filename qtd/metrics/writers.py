@@ -1,4 +1,5 @@
-"""Loggers behind a tiny interface: TensorBoard scalars, metrics.jsonl, summary.json, a progress bar.
+"""Loggers behind a tiny interface: TensorBoard scalars, metrics.jsonl, summary.json (the progress bar is
+in :mod:`.progress`).
 
 Only the chosen rank writes shared files (metrics.jsonl, summary.json, config.yaml, the global
 TensorBoard run); every node writes its own TensorBoard run under ``tensorboard/node_XXX``.
@@ -107,24 +108,3 @@ def write_json_atomic(path: str | Path, data: Mapping[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(dict(data), indent=2, default=_json_default) + "\n")
     os.replace(tmp, path)
-
-
-class Progress:
-    """A tqdm bar on the chosen rank with loss and ETA; silent elsewhere or when disabled."""
-
-    def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "train") -> None:
-        self._bar = None
-        if enabled:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, mininterval=0.5)
-
-    def update(self, n: int = 1, **postfix: Any) -> None:
-        if self._bar is not None:
-            if postfix:
-                self._bar.set_postfix(postfix, refresh=False)
-            self._bar.update(n)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()

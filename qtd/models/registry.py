@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..echo import cut, shown
 from ..errors import ConfigError
 from ..importpath import resolve_factory
 from .nets import MLP, PAPER_DEEP_HIDDEN, CompAmsCNN, SmallCNN, linear, resnet18
@@ -61,10 +62,11 @@ def _construct(config: ModelConfig, input_shape: tuple[int, ...], num_classes: i
         except ConfigError:
             raise
         except Exception as exc:
-            raise ConfigError(f"model.name={config.name!r}: the factory raised {type(exc).__name__}: {exc}") \
+            raise ConfigError(f"model.name={shown(config.name)}: the factory raised {type(exc).__name__}: "
+                              f"{cut(str(exc))}") \
                 from exc
         if not isinstance(model, nn.Module):
-            raise ConfigError(f"model.name={config.name!r}: the factory returned a {type(model).__name__}, "
+            raise ConfigError(f"model.name={shown(config.name)}: the factory returned a {type(model).__name__}, "
                               f"not a torch.nn.Module")
         return model
     try:
@@ -89,19 +91,20 @@ def _call_user_factory(factory: Callable, input_shape: tuple[int, ...], num_clas
 def _check_fits(model: nn.Module, config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> None:
     parameter = next(model.parameters(), None)
     if parameter is None:
-        raise ConfigError(f"model.name={config.name!r} has no parameters: there is nothing to train")
+        raise ConfigError(f"model.name={shown(config.name)} has no parameters: there is nothing to train")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             output = model(torch.zeros((1, *input_shape), dtype=parameter.dtype, device=parameter.device))
     except Exception as exc:
-        raise ConfigError(f"model.name={config.name!r} cannot take the samples of data.name (shape "
-                          f"{input_shape}): {type(exc).__name__}: {exc}; choose a model for this data") from exc
+        raise ConfigError(f"model.name={shown(config.name)} cannot take the samples of data.name (shape "
+                          f"{input_shape}): {type(exc).__name__}: {cut(str(exc))}; choose a model for this data") \
+            from exc
     finally:
         model.train(was_training)
     if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, num_classes):
         got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-        raise ConfigError(f"model.name={config.name!r} maps one sample of data.name (shape {input_shape}) to "
+        raise ConfigError(f"model.name={shown(config.name)} maps one sample of data.name (shape {input_shape}) to "
                           f"{got}, but the data has {num_classes} classes: it must return logits of shape "
                           f"(batch, {num_classes})")

@@ -1,4 +1,4 @@
-"""The simulator's run directory, laid out like a real run's (DESIGN.md section 4).
+"""The simulator's run directory, laid out like a real run's (README: "What a run writes").
 
 ``config.yaml``, ``metrics.jsonl`` (one row per evaluation, ``time_s`` in virtual seconds),
 ``tensorboard/global``, per-node ``nodes/node_XXX.jsonl`` and ``tensorboard/node_XXX`` (optional: a

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
-from ..config import load_config
+from ..config import check_out_dir, load_config, shown
 from .drawing import draw_topology
 from .report import describe_graph, topology_report
 from .topology import build_topology
@@ -18,6 +19,9 @@ def topology_command(config_path: str | None, overrides: Sequence[str], png: str
     """
     config = load_config(config_path, overrides).topology
     topology = build_topology(config)
+    if png is not None:  # before printing anything: a bad --png is one line, like bad config
+        check_out_dir(Path(png).parent, label=f"cannot write the drawing to --png {shown(png)}",
+                      advice="give a path in a directory you can write")
     print(topology_report(topology, config))
     if png is not None:
         title = (f"{describe_graph(topology, config)}, {config.weights} weights\n"

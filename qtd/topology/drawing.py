@@ -9,6 +9,7 @@ import networkx as nx
 import numpy as np
 
 from ..errors import QtdError
+from ..echo import cut, shown
 from .topology import Topology
 
 MAX_LABELLED_NODES = 64
@@ -86,6 +87,6 @@ def draw_topology(topology: Topology, path: str | Path, title: str = "") -> Path
         path.parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, format="png", dpi=100)
     except OSError as exc:
-        raise QtdError(f"cannot write the drawing to --png {str(path)!r} ({exc.strerror or exc}); "
+        raise QtdError(f"cannot write the drawing to --png {shown(str(path))} ({exc.strerror or cut(str(exc))}); "
                        "give a path in a writable directory") from None
     return path

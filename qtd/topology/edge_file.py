@@ -11,13 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import TopologyError
+from ..echo import shown
 
 
 def _parse_id(token: str, where: str, n: int) -> int:
     try:
         node = int(token)
     except ValueError:
-        raise TopologyError(f"{where}: node id {token!r} is not an integer; write each edge as two node ids "
+        raise TopologyError(f"{where}: node id {shown(token)} is not an integer; write each edge as two node ids "
                             "'i j' with 0 <= i, j < topology.nodes") from None
     if not 0 <= node < n:
         raise TopologyError(f"{where}: node id {node} is out of range 0..{n - 1} for topology.nodes={n}; "
@@ -34,7 +35,7 @@ def parse_edge_list(text: str, n: int, source: str = "edge list") -> list[tuple[
             continue
         where = f"{source} line {number}"
         if len(fields) != 2:
-            raise TopologyError(f"{where}: expected two node ids 'i j', got {line.strip()!r}")
+            raise TopologyError(f"{where}: expected two node ids 'i j', got {shown(line.strip())}")
         i, j = (_parse_id(token, where, n) for token in fields)
         if i == j:
             raise TopologyError(f"{where}: self-loop {i} {j}; list only links between different nodes "
@@ -44,9 +45,9 @@ def parse_edge_list(text: str, n: int, source: str = "edge list") -> list[tuple[
         seen = {node for edge in edges for node in edge}
         missing = [node for node in range(n) if node not in seen]
         if missing:
-            shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+            listed = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
             raise TopologyError(
-                f"{source}: nodes {shown} appear in no edge, but topology.nodes={n}; set topology.nodes to the "
+                f"{source}: nodes {listed} appear in no edge, but topology.nodes={n}; set topology.nodes to the "
                 f"number of nodes in the file ({len(seen)} appear) and number them 0..n-1, or add their edges")
     return list(edges)
 
@@ -54,9 +55,9 @@ def parse_edge_list(text: str, n: int, source: str = "edge list") -> list[tuple[
 def read_edge_list(path: str | Path, n: int) -> list[tuple[int, int]]:
     """The validated edges of the file ``path`` (relative paths are relative to the working directory)."""
     path = Path(path)
-    source = f"topology.path={str(path)!r}"
+    source = f"topology.path={shown(str(path))}"
     if not path.is_file():
-        raise TopologyError(f"{source} does not exist (resolved to {str(path.resolve())!r}); "
+        raise TopologyError(f"{source} does not exist (resolved to {shown(str(path.resolve()))}); "
                             "give the path of an edge-list file with one 'i j' pair per line")
     try:
         text = path.read_text()

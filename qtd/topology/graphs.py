@@ -14,6 +14,7 @@ import random
 import networkx as nx
 
 from ..config import TopologyConfig
+from ..echo import shown
 from ..errors import TopologyError
 from .edge_file import read_edge_list
 
@@ -127,7 +128,7 @@ def build_graph(config: TopologyConfig) -> nx.Graph:
         graph.graph["path"] = config.path
         graph.add_edges_from(read_edge_list(config.path, n))
         return graph
-    raise TopologyError(f"topology.kind={config.kind!r} is not a graph qtd can build")
+    raise TopologyError(f"topology.kind={shown(config.kind)} is not a graph qtd can build")
 
 
 def check_connected(graph: nx.Graph) -> None:
@@ -139,10 +140,10 @@ def check_connected(graph: nx.Graph) -> None:
         return
     components = sorted((sorted(c) for c in nx.connected_components(graph)), key=lambda c: c[0])
     stranded = [node for component in components[1:] for node in component]
-    shown = ", ".join(map(str, stranded[:10])) + (", ..." if len(stranded) > 10 else "")
+    listed = ", ".join(map(str, stranded[:10])) + (", ..." if len(stranded) > 10 else "")
     where = graph.graph.get("kind", "given")
-    fix = (f"add edges to the file topology.path={graph.graph['path']!r} that join them"
+    fix = (f"add edges to the file topology.path={shown(graph.graph['path'])} that join them"
            if where == "file" else "give a connected graph")
     raise TopologyError(
-        f"the {where} graph is disconnected ({len(components)} components): nodes {shown} cannot reach "
+        f"the {where} graph is disconnected ({len(components)} components): nodes {listed} cannot reach "
         f"node 0, so the nodes' models would never agree; {fix}")

@@ -13,6 +13,7 @@ import networkx as nx
 import numpy as np
 
 from ..errors import TopologyError
+from ..echo import shown
 
 WEIGHTS = ("laplacian", "metropolis")
 ATOL = 1e-9  # tolerance of the checks: far above float64 round-off for n in the thousands
@@ -88,7 +89,7 @@ def mixing_matrix(graph: nx.Graph, weights: str = "laplacian", kappa: float | No
             warnings.warn(f"topology.kappa={kappa:g} is ignored with topology.weights=metropolis; it only "
                           "scales laplacian weights", stacklevel=2)
         return metropolis_weights(a)
-    raise TopologyError(f"topology.weights={weights!r} is not allowed: choose one of {', '.join(WEIGHTS)}")
+    raise TopologyError(f"topology.weights={shown(weights)} is not allowed: choose one of {', '.join(WEIGHTS)}")
 
 
 def check_mixing_matrix(w: np.ndarray, graph: nx.Graph | None = None) -> None:
