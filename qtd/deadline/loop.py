@@ -55,44 +55,100 @@ class DeadlineTimer:
         else:
             self._per_sample_s = 0.7 * self._per_sample_s + 0.3 * per_sample
 
+    def phase(self, speed: float | None = None) -> "DeadlinePhase":
+        """A compute phase that starts now; the caller runs the micro-batches it allows (see :meth:`run`)."""
+        return DeadlinePhase(self, speed)
+
     def run(self, step: StepFn, speed: float | None = None) -> GradientResult:
-        start = time.monotonic()
-        end = start + self.deadline_s
-        cap = deadline_samples(speed, self.deadline_s) if speed else None
-        samples, batches, loss_sum, busy = 0, 0, 0.0, 0.0
-        while True:
-            k = self.micro_batch_size
-            if cap is not None:
-                k = min(k, cap - samples)
-            if self._per_sample_s is not None:
-                fits = int((end - time.monotonic()) / self._per_sample_s)
-                k = min(k, fits)
-            if k < 1 or time.monotonic() >= end:
-                break
-            t0 = time.monotonic()
-            loss_sum += step(k)
-            self._sync()
-            took = time.monotonic() - t0
-            busy += took
-            self._observe(k, took)
-            samples += k
-            batches += 1
-            if speed:
-                _sleep_until(start + samples / speed)
-        return GradientResult(samples, loss_sum, batches, time.monotonic() - start, busy)
+        phase = self.phase(speed)
+        while k := phase.next_size(self.micro_batch_size):
+            phase.done(k, step(k))
+        return phase.result()
+
+
+class DeadlinePhase:
+    """One compute phase of a :class:`DeadlineTimer`, driven from outside: before each micro-batch ask
+    :meth:`next_size` how many samples it may have (0: stop now), after it report :meth:`done`.
+
+    :meth:`DeadlineTimer.run` drives it with a step function; the library's deadline iterator
+    (:class:`qtd.api.Decentralized`) drives it with the batches of a user's own DataLoader, so both share
+    one deadline rule, one per-sample estimate and one pacing.
+    """
+
+    def __init__(self, timer: DeadlineTimer, speed: float | None = None) -> None:
+        self.timer, self.speed = timer, speed
+        self.start = time.monotonic()
+        self.end = self.start + timer.deadline_s
+        self.cap = deadline_samples(speed, timer.deadline_s) if speed else None
+        self.samples, self.batches, self.loss_sum, self.busy = 0, 0, 0.0, 0.0
+        self._started = self.start
+
+    def next_size(self, wanted: int, divisible: bool = True) -> int:
+        """At most ``wanted`` samples for the next micro-batch: fewer when only fewer fit before the deadline
+        (or the emulated cap floor(V * T_d)), 0 when none does. With ``divisible=False`` (a user's batch) a
+        batch that does not fit in time whole is not started; the cap still cuts it. The clock starts now."""
+        k = wanted
+        if self.cap is not None:
+            k = min(k, self.cap - self.samples)
+        per_sample = self.timer._per_sample_s
+        if per_sample is not None:
+            fits = int((self.end - time.monotonic()) / per_sample)
+            k = min(k, fits) if divisible or fits >= k else 0
+        if k < 1 or time.monotonic() >= self.end:
+            return 0
+        self._started = time.monotonic()
+        return k
+
+    def done(self, k: int, loss_sum: float = 0.0) -> None:
+        """The micro-batch of ``k`` samples that :meth:`next_size` allowed has finished."""
+        self.timer._sync()
+        took = time.monotonic() - self._started
+        self.busy += took
+        self.timer._observe(k, took)
+        self.samples += k
+        self.batches += 1
+        self.loss_sum += loss_sum
+        if self.speed:
+            _sleep_until(self.start + self.samples / self.speed)
+
+    def result(self) -> GradientResult:
+        return GradientResult(self.samples, self.loss_sum, self.batches, time.monotonic() - self.start, self.busy)
+
+
+class FixedBatchPhase:
+    """The compute phase of a fixed-batch node: one micro-batch of the size asked for, taking at least
+    size / speed seconds when paced. The same protocol as :class:`DeadlinePhase`."""
+
+    def __init__(self, speed: float | None = None, device: torch.device | None = None) -> None:
+        self.speed, self.device = speed, device
+        self.start = self._started = time.monotonic()
+        self.samples, self.batches, self.loss_sum, self.busy = 0, 0, 0.0, 0.0
+
+    def next_size(self, wanted: int, divisible: bool = True) -> int:
+        if self.batches:
+            return 0
+        self._started = time.monotonic()
+        return wanted
+
+    def done(self, k: int, loss_sum: float = 0.0) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.busy = time.monotonic() - self._started
+        self.samples, self.batches, self.loss_sum = k, 1, loss_sum
+        if self.speed:
+            _sleep_until(self.start + k / self.speed)
+
+    def result(self) -> GradientResult:
+        return GradientResult(self.samples, self.loss_sum, self.batches, time.monotonic() - self.start, self.busy)
 
 
 def compute_fixed_batch(step: StepFn, batch_size: int, speed: float | None = None,
                         device: torch.device | None = None) -> GradientResult:
     """One batch of ``batch_size`` samples, taking at least batch_size / speed seconds when paced."""
-    start = time.monotonic()
-    loss_sum = step(batch_size)
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
-    busy = time.monotonic() - start
-    if speed:
-        _sleep_until(start + batch_size / speed)
-    return GradientResult(batch_size, loss_sum, 1, time.monotonic() - start, busy)
+    phase = FixedBatchPhase(speed, device)
+    k = phase.next_size(batch_size)
+    phase.done(k, step(k))
+    return phase.result()
 
 
 def _sleep_until(when: float) -> None:
