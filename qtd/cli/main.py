@@ -1,4 +1,4 @@
-"""`qtd launch | train | sim | topology | bench`: thin entry points that build, run and close."""
+"""`qtd launch | train | sim | topology | export | bench`: thin entry points that build, run and close."""
 
 from __future__ import annotations
 
@@ -34,6 +34,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(topology)
     topology.add_argument("--png", default=None, help="also save a drawing of the graph to this PNG file")
 
+    export = commands.add_parser("export", help="write model.pt (the network-average model's state_dict) from a "
+                                 "run's checkpoints")
+    export.add_argument("run_dir", help="the run.out_dir of a run, e.g. runs/quickstart")
+    export.add_argument("--node", type=int, default=None, help="export node K's model instead of the average")
+    export.add_argument("--iteration", type=int, default=None, help="the checkpoint of this iteration (default: "
+                        "the newest complete one)")
+    export.add_argument("-o", "--output", default=None, help="the file to write (default: RUN_DIR/model.pt, or "
+                        "RUN_DIR/model_node_K.pt with --node)")
+
     bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. qtd bench wallclock --quick)")
     bench.add_argument("name", help="benchmark name: a file benchmarks/NAME.py")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark (--quick, --out DIR)")
@@ -54,6 +63,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     if args.command == "topology":
         from ..topology.cli import topology_command
         return topology_command(args.config, args.overrides, png=args.png)
+    if args.command == "export":
+        from .export import export_command
+        return export_command(args.run_dir, node=args.node, iteration=args.iteration, out=args.output)
     if args.command == "bench":
         return bench_command(args.name, args.args)
     raise AssertionError(f"unhandled command {args.command}")
