@@ -93,6 +93,12 @@ class DeadlinePhase:
         per_sample = self.timer._per_sample_s
         if per_sample is not None:
             fits = int((self.end - time.monotonic()) / per_sample)
+            refused = fits < 1 if divisible else fits < k
+            if refused and not self.batches:
+                # Nothing fits this phase by the estimate alone: halve it, so that a node that was slow only
+                # for a while (a warm-up, a busy neighbour process) tries again in a later phase and measures
+                # itself, instead of never computing again on a stale estimate.
+                self.timer._per_sample_s = per_sample / 2
             k = min(k, fits) if divisible or fits >= k else 0
         if k < 1 or time.monotonic() >= self.end:
             return 0

@@ -66,5 +66,5 @@ def build_step(parts) -> Step:
     return RUNNERS[parts.spec.runner][0](parts)
 
 
-__all__ = ["build_step", "AllReduceStep", "AsyncDSGDStep", "GossipStep", "GradientSource", "PSStep", "RUNNERS", "Step", "StepStats", "node_scalars",
-           "stats_from"]
+__all__ = ["build_step", "AllReduceStep", "AsyncDSGDStep", "GossipStep", "GradientSource", "PSStep", "RUNNERS", "Step",
+           "StepStats", "node_scalars", "stats_from"]
