@@ -216,6 +216,18 @@ def test_the_simulator_applies_the_local_optimizer_as_the_reference_does(tmp_pat
     assert_close(flat, result.models.double().mean(dim=0).float(), rtol=0, atol=1e-7)
 
 
+def test_the_asynchronous_simulation_applies_the_local_optimizer_per_node_step(tmp_path):
+    from tests.sim_reference import reference_async_models
+    config = load_config(REPO / "configs" / "quickstart.yaml", [
+        *SMALL, "algorithm.name=async_dsgd", "compression.bits=16", "run.iterations=5", "emulation.comm_time_s=0.5",
+        "algorithm.eps=1.0", "emulation.speed_distribution=fixed", "emulation.speeds=[8.0, 16.0, 32.0, 8.0]",
+        "algorithm.momentum=0.9", "algorithm.weight_decay=0.01", "algorithm.lr_decay=step", "algorithm.decay_every=2",
+        f"run.out_dir={tmp_path}"])
+    result = simulate(config, write=False)
+    for got, want in zip(result.models, reference_async_models(config, result.events)):
+        assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def test_the_readme_diff_is_the_example_against_its_ddp_original():
     readme = (REPO / "README.md").read_text()
     section = readme.split("## Use it in your own training loop", 1)[1].split("\n## ", 1)[0]
