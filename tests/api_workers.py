@@ -43,10 +43,11 @@ def _library_run(config, world, out_dir):
         optimizer.step()
         schedule.step()
         samples.append(rnd.samples)
+    point = dec.log_evaluation(loss=1.25, accuracy=0.5)  # the engine's eval/* tags, consensus error computed
     saved = dec.save_model(f"{out_dir}/model.pt")
     params = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     result = {"params": params, "samples": samples, "bytes_sent": dec.bytes_sent, "average": saved,
-              "state": dec.state_dict()}
+              "state": dec.state_dict(), "consensus_error": point.consensus_error, "bytes_total": point.bytes_sent}
     dec.close()
     return result
 

@@ -141,14 +141,23 @@ def test_qtd_export_bad_input_is_one_line(both, tmp_path):
         assert len(lines) == 1 and lines[0].startswith("qtd: error: ") and expected in lines[0], result.stderr
 
 
-def test_the_wrapper_writes_the_engines_node_tensorboard_tags(both):
-    runs, _ = both
-    tags = {}
-    for side in ("engine", "library"):
-        run = EventAccumulator(str(runs / "quantimed" / side / "tensorboard" / "node_001")).Reload()
-        tags[side] = set(run.Tags()["scalars"])
-    assert {"node/train_loss", "node/samples", "node/compute_s", "node/wait_s", "node/bytes_sent",
-            "node/speed"} <= tags["library"] <= tags["engine"]
+def test_the_wrapper_writes_the_engines_tensorboard_tags_and_evaluation_values(both):
+    runs, results = both
+    for run_name, wanted in (("node_001", {"node/train_loss", "node/samples", "node/compute_s", "node/wait_s",
+                                           "node/bytes_sent", "node/speed"}),
+                             ("global", {"eval/loss", "eval/accuracy", "eval/consensus_error",
+                                         "comm/bytes_sent_total", "time/train_s"})):
+        tags = {}
+        for side in ("engine", "library"):
+            run = EventAccumulator(str(runs / "quantimed" / side / "tensorboard" / run_name)).Reload()
+            tags[side] = set(run.Tags()["scalars"])
+        assert wanted <= tags["library"] <= tags["engine"], run_name
+    run = EventAccumulator(str(runs / "quantimed" / "library" / "tensorboard" / "global")).Reload()
+    assert [(e.step, e.value) for e in run.Scalars("eval/loss")] == [(5, 1.25)]
+    for case in ("qdsgd", "quantimed", "allreduce_sgd"):  # log_evaluation's consensus error and traffic
+        _, _, summary = _engine(runs, case)
+        assert results[2][case]["consensus_error"] == pytest.approx(summary["consensus_error"], rel=1e-3, abs=1e-9)
+        assert results[2][case]["bytes_total"] == summary["bytes_sent"]
 
 
 def test_the_deadline_iterator_draws_floor_of_speed_times_deadline_from_a_shuffling_dataloader(tmp_path):
