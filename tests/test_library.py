@@ -246,10 +246,15 @@ def test_the_readme_diff_is_the_example_against_its_ddp_original():
             current.append(line)
         elif line == "" and hunks:
             current.append(" ")
-    position = 0
+    position, original = 0, []
     for hunk in hunks:
         new = [line[1:] for line in hunk if not line.startswith("-")]
+        start = position
         while example[position:position + len(new)] != new:
             position += 1
             assert position < len(example), f"hunk not in the example: {new}"
+        original += example[start:position] + [line[1:] for line in hunk if not line.startswith("+")]
         position += len(new)
+    original = "\n".join(original + example[position:])
+    assert "import qtd" not in original and "dec." not in original and "DDP(model)" in original
+    compile(original, "own_training_loop_ddp.py", "exec")  # the DDP original the diff starts from is Python
