@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from qtd.algorithms import get_spec
+from qtd.algorithms import StepSizes, get_spec, scheduled_lr
 from qtd.compress import decode_message, encode_message
 from qtd.config import Config
 from qtd.deadline import SpeedModel
@@ -42,6 +42,7 @@ def reference_async_models(config: Config, events: list[tuple[float, int]]) -> l
     sizes = spec.step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations)
     held = [f.params.detach().clone() for f in flats]
     done = [0] * n
+    momentum = [torch.zeros(f.numel) for f in flats]  # the local optimizer, written out as torch.optim.SGD's
     batch = config.algorithm.batch_size
     for _, j in events:
         flat = flats[j]
@@ -52,8 +53,15 @@ def reference_async_models(config: Config, events: list[tuple[float, int]]) -> l
         mixed = torch.zeros(flat.numel)
         for neighbour, weight in zip(view.neighbours, view.neighbour_weights):
             mixed.add_(held[neighbour], alpha=weight)
+        x = flat.params.detach()
+        d = flat.grads + algo.weight_decay * x
+        if algo.momentum:
+            momentum[j] = algo.momentum * momentum[j] + d
+            d = d + algo.momentum * momentum[j] if algo.nesterov else momentum[j]
+        alpha = scheduled_lr(sizes.alpha, done[j], algo.warmup_steps, algo.lr_decay, algo.decay_every,
+                             algo.decay_gamma, config.run.iterations)  # a node's schedule counts its own steps
         with torch.no_grad():
-            flat.params.copy_(spec.update(flat.params.detach(), mixed, view.self_weight, flat.grads, sizes))
+            flat.params.copy_(spec.update(x, mixed, view.self_weight, d, StepSizes(alpha, sizes.eps)))
         # the message of model version done[j] + 1: a real node numbers (and keys) its models from 1
         held[j] = decode_message(encode_message(flat.params.detach(), bits, j, done[j] + 1, seed=seed))[1]
         done[j] += 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .schedules import scheduled_lr
+
 if TYPE_CHECKING:  # tensor methods only at run time: importing this module does not load torch
     from torch import Tensor
 
@@ -36,8 +38,4 @@ def amsgrad_step(theta: Tensor, grad: Tensor, state: AMSGradState, lr: float, be
 
 def lr_at(step: int, lr: float, warmup_steps: int = 0, decay_every: int = 0, decay_gamma: float = 0.1) -> float:
     """Linear warm-up over ``warmup_steps``, then multiply by ``decay_gamma`` every ``decay_every`` steps."""
-    if warmup_steps and step < warmup_steps:
-        return lr * (step + 1) / warmup_steps
-    if decay_every:
-        return lr * decay_gamma ** ((step - warmup_steps) // decay_every)
-    return lr
+    return scheduled_lr(lr, step, warmup_steps, "step" if decay_every else "none", decay_every, decay_gamma)

@@ -60,6 +60,17 @@ def dsgd_update(x: "Tensor", mixed: "Tensor", w_self: "Tensor | float", grad: "T
     return x * w_self + mixed - alpha * grad
 
 
+def consensus_delta(mixed: "Tensor", w_self: "Tensor | float", x_sent: "Tensor", eps: float) -> "Tensor":
+    """What the consensus step adds to a model: eps * sum_{j in N_i} w_ij (z_j - x_sent), computed as
+    eps * (mixed - (1 - w_ii) * x_sent), since the neighbour weights sum to 1 - w_ii.
+
+    ``x_sent`` is the model as it was sent (before the local optimizer step). Added to x - alpha eps g it
+    gives exactly :func:`quantimed_update` (and with eps = 1, :func:`dsgd_update`):
+    x - alpha eps g + eps (mixed - (1 - w_ii) x) = (1 - eps + eps w_ii) x + eps mixed - alpha eps g.
+    """
+    return (mixed - x_sent * (1 - w_self)) * eps
+
+
 def sgd_update(x: "Tensor", grad: "Tensor", lr: float) -> "Tensor":
     """All-reduce SGD: x <- x - lr * mean gradient over all nodes (``grad`` already averaged)."""
     return x - lr * grad

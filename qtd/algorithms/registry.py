@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 from ..echo import shown
 from ..errors import ConfigError
 from ..formats import ALLOWED_BITS, UNQUANTIZED_BITS
-from .decentralized import dsgd_update, quantimed_update, sgd_update
+from .decentralized import consensus_delta, dsgd_update, quantimed_update, sgd_update
 from .schedules import StepSizes, step_sizes
 
 if TYPE_CHECKING:
@@ -49,6 +49,9 @@ class Gradient(enum.Enum):
 # rule(x, mixed, w_self, grad, sizes) -> new x. ``mixed`` is sum_{j in N_i} w_ij z_j; for a collective
 # runner ``mixed`` and ``w_self`` are None and ``grad`` is already the mean over all nodes.
 UpdateRule = Callable[["Tensor", Optional["Tensor"], "Tensor | float | None", "Tensor", StepSizes], "Tensor"]
+# consensus(mixed, w_self, x_sent, sizes) -> what the rule's consensus step adds to the model, applied after a
+# local optimizer step on x (the library wrapper's form, qtd.api): rule = optimizer step + consensus.
+ConsensusRule = Callable[["Tensor", "Tensor | float", "Tensor", StepSizes], "Tensor"]
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,17 @@ class AlgorithmSpec:
     uses_eps: bool = False  # has a consensus step eps (algorithm.eps applies)
     allowed_bits: tuple[int, ...] = ALLOWED_BITS  # compression.bits of its messages; () when it sends none
     sends_float32_gradients: bool = False  # the collective moves float32 gradients, as DDP does
+    consensus: Optional[ConsensusRule] = None  # the rule split as "optimizer step, then consensus" (None: it cannot be)
 
     @property
     def deadline_bound(self) -> bool:
         return self.gradient is Gradient.DEADLINE
+
+    @property
+    def in_library(self) -> bool:
+        """Whether the library wrapper (qtd.Decentralized) runs it: a collective, or a gossip rule that splits
+        into the user's optimizer step and a consensus step."""
+        return self.runner is Runner.COLLECTIVE or (self.runner is Runner.GOSSIP and self.consensus is not None)
 
     def step_sizes(self, schedule: str, alpha: float, eps: float, horizon: int) -> StepSizes:
         """alpha (and eps, when the rule has a consensus step; 1 otherwise) for a run of ``horizon`` iterations."""
@@ -87,19 +97,23 @@ def _mean_gradient_step(x, mixed, w_self, grad, sizes: StepSizes):
     return sgd_update(x, grad, sizes.alpha)
 
 
+def _consensus(mixed, w_self, x_sent, sizes: StepSizes):
+    return consensus_delta(mixed, w_self, x_sent, sizes.eps)  # eps = 1 for DSGD (its spec has no eps)
+
+
 def _ps_rule(x, mixed, w_self, grad, sizes):  # the server's AMSGrad step needs its state: see qtd.algorithms.amsgrad
     raise TypeError("parameter-server mode updates through amsgrad_step on the replicated server state")
 
 
 QUANTIMED = AlgorithmSpec(
     "quantimed", "quantized models to and from the neighbours, gradients until the deadline T_d",
-    Runner.GOSSIP, Gradient.DEADLINE, _quantized_consensus, uses_eps=True)
+    Runner.GOSSIP, Gradient.DEADLINE, _quantized_consensus, uses_eps=True, consensus=_consensus)
 QDSGD = AlgorithmSpec(
     "qdsgd", "the QuanTimed update with a fixed batch B and no deadline",
-    Runner.GOSSIP, Gradient.FIXED_BATCH, _quantized_consensus, uses_eps=True)
+    Runner.GOSSIP, Gradient.FIXED_BATCH, _quantized_consensus, uses_eps=True, consensus=_consensus)
 DSGD = AlgorithmSpec(
     "dsgd", "x_i <- sum_j w_ij x_j - alpha g_i with 16- or 32-bit model copies, fixed batch B",
-    Runner.GOSSIP, Gradient.FIXED_BATCH, _exact_consensus, allowed_bits=UNQUANTIZED_BITS)
+    Runner.GOSSIP, Gradient.FIXED_BATCH, _exact_consensus, allowed_bits=UNQUANTIZED_BITS, consensus=_consensus)
 ASYNC_DSGD = AlgorithmSpec(
     "async_dsgd", "DSGD at each node's own pace with the newest model it holds from each neighbour",
     Runner.ASYNC, Gradient.FIXED_BATCH, _exact_consensus)
@@ -112,14 +126,24 @@ AMSGRAD_PS = AlgorithmSpec(
 
 ALGORITHMS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in (QUANTIMED, QDSGD, DSGD, ASYNC_DSGD, ALLREDUCE_SGD)}
 NAMES = tuple(ALGORITHMS)  # what algorithm.name accepts (mode: decentralized)
+LIBRARY_NAMES = tuple(name for name, spec in ALGORITHMS.items() if spec.in_library)  # what qtd.Decentralized runs
 
 
-def get_spec(name: str) -> AlgorithmSpec:
-    """The spec of ``algorithm.name``; a ConfigError listing the names otherwise."""
+def get_spec(name: str, key: str = "algorithm.name") -> AlgorithmSpec:
+    """The spec of ``algorithm.name``; a ConfigError naming ``key`` and listing the names otherwise."""
     try:
         return ALGORITHMS[name]
     except (KeyError, TypeError):
-        raise ConfigError(f"algorithm.name={shown(name)} is not allowed: choose one of {', '.join(NAMES)}") from None
+        raise ConfigError(f"{key}={shown(name)} is not allowed: choose one of {', '.join(NAMES)}") from None
+
+
+def library_spec(name: str) -> AlgorithmSpec:
+    """The spec the library wrapper runs for ``algorithm=name``; a ConfigError naming the ones it runs otherwise."""
+    spec = get_spec(name, "algorithm")
+    if not spec.in_library:
+        raise ConfigError(f"algorithm={shown(name)} does not run as optimizer step + consensus in your own loop: "
+                          f"choose one of {', '.join(LIBRARY_NAMES)} (run {name} with qtd launch)")
+    return spec
 
 
 def spec_for(mode: str, name: str) -> AlgorithmSpec:

@@ -1,4 +1,4 @@
-"""`qtd launch | train | sim | topology | bench | check`: thin entry points that build, run and close."""
+"""`qtd launch | train | sim | topology | export | bench | check`: thin entry points that build, run and close."""
 
 from __future__ import annotations
 
@@ -38,6 +38,14 @@ def build_parser() -> ArgumentParser:
     check = commands.add_parser("check", help="check a config, its graph, run directory and data; print the "
                                               "node count (python -m qtd.cli.check)")
     add_config_args(check)
+    export = commands.add_parser("export", help="write model.pt (the network-average model's state_dict) from a "
+                                 "run's checkpoints")
+    export.add_argument("run_dir", help="the run.out_dir of a run, e.g. runs/quickstart")
+    export.add_argument("--node", type=int, default=None, help="export node K's model instead of the average")
+    export.add_argument("--iteration", type=int, default=None, help="the checkpoint of this iteration (default: "
+                        "the newest complete one)")
+    export.add_argument("-o", "--output", default=None, help="the file to write (default: RUN_DIR/model.pt, or "
+                        "RUN_DIR/model_node_K.pt with --node)")
 
     bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. qtd bench wallclock --quick)")
     bench.add_argument("name", help="benchmark name: one of the files benchmarks/NAME.py")
@@ -63,6 +71,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         from .check import check_command
         print(check_command(args.config, args.overrides))
         return 0
+    if args.command == "export":
+        from .export import export_command
+        return export_command(args.run_dir, node=args.node, iteration=args.iteration, out=args.output)
     if args.command == "bench":
         return bench_command(args.name, args.args)
     raise AssertionError(f"unhandled command {args.command}")

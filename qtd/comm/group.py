@@ -55,12 +55,15 @@ def choose_backend(requested: str) -> tuple[str, torch.device]:
 
 
 def init_world(backend: str = "auto", timeout_s: float = 60.0) -> World:
-    """Join the process group that torchrun (or a test harness) described in the environment."""
+    """Join the process group that torchrun (or a test harness) described in the environment, or take the
+    one this process already started (``torch.distributed.init_process_group``)."""
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
         raise ConfigError(
             f"this process was not started by torchrun (missing {', '.join(missing)}): run `qtd launch CONFIG` "
             "or `torchrun --nproc_per_node N -m qtd.train --config CONFIG`")
+    if backend == "auto" and dist.is_initialized():  # a group the caller started itself: take it as it is
+        backend = str(dist.get_backend())
     backend, device = choose_backend(backend)
     if device.type == "cpu":
         torch.set_num_threads(1)  # one core per node: n processes share the machine
@@ -80,6 +83,9 @@ def record_blame(world: World, error: PeerError) -> None:
     """Before this node leaves after ``error``: let the others (and the launcher) know whom it blames."""
     if world.heartbeat is not None:
         world.heartbeat.record_blame(error.culprit)
+def group_started() -> bool:
+    """Whether this process has joined a process group already (its own ``init_process_group`` or qtd's)."""
+    return dist.is_initialized()
 
 
 def close_world(world: World | None) -> None:

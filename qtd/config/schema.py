@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from ..algorithms.local_sgd import LocalSGD
 from ..algorithms.registry import NAMES as ALGORITHMS, Runner, get_spec
+from ..algorithms.schedules import LR_DECAYS
 from ..errors import ConfigError
 from ..formats import ALLOWED_BITS, QUANTIZED_BITS
 from ..echo import shown
@@ -154,6 +156,14 @@ class AlgorithmConfig:
     schedule: str = "paper"
     overlap: bool = True  # exchange models while gradients are computed
     max_in_flight: int = 2  # async_dsgd: sends in flight per neighbour before a newer model replaces one
+    # The local optimizer (qtd.algorithms.local_sgd): the defaults are the paper's plain SGD step
+    momentum: float = 0.0  # heavy-ball momentum of the gradient step, as torch.optim.SGD's
+    nesterov: bool = False
+    weight_decay: float = 0.0  # L2: the direction is g + weight_decay * x
+    warmup_steps: int = 0  # linear learning-rate warm-up over this many iterations
+    lr_decay: str = "none"  # then none, cosine (to 0 at run.iterations) or step (decay_gamma every decay_every)
+    decay_every: int = 0
+    decay_gamma: float = 0.1
 
     def __post_init__(self) -> None:
         get_spec(self.name)  # the registry names the allowed algorithms
@@ -165,6 +175,26 @@ class AlgorithmConfig:
         _choice("algorithm.schedule", self.schedule, SCHEDULES)
         if self.max_in_flight < 1:
             _fail("algorithm.max_in_flight", self.max_in_flight, "must be >= 1")
+        self._check_local_optimizer()
+
+    def _check_local_optimizer(self) -> None:
+        if not 0 <= self.momentum < 1:
+            _fail("algorithm.momentum", self.momentum, "must be in [0, 1) (0: plain SGD, the paper's step)")
+        if self.nesterov and not self.momentum:
+            _fail("algorithm.nesterov", self.nesterov, "Nesterov momentum needs algorithm.momentum > 0")
+        _non_negative("algorithm.weight_decay", self.weight_decay)
+        _non_negative("algorithm.warmup_steps", self.warmup_steps)
+        _choice("algorithm.lr_decay", self.lr_decay, LR_DECAYS)
+        _non_negative("algorithm.decay_every", self.decay_every)
+        if self.lr_decay == "step" and not self.decay_every:
+            _fail("algorithm.decay_every", self.decay_every, "algorithm.lr_decay=step needs algorithm.decay_every >= 1")
+        if not 0 < self.decay_gamma <= 1:
+            _fail("algorithm.decay_gamma", self.decay_gamma, "must be in (0, 1]")
+
+    def local_sgd(self, horizon: int) -> LocalSGD:
+        """The local optimizer these keys describe, for a run of ``horizon`` iterations."""
+        return LocalSGD(self.momentum, self.nesterov, self.weight_decay, self.warmup_steps, self.lr_decay,
+                        self.decay_every, self.decay_gamma, horizon)
 
 
 @dataclass(frozen=True)
@@ -327,6 +357,10 @@ class Config:
             _fail("compression.bits", bits,
                   f"algorithm.name={spec.name} exchanges unquantized models: use 16 or 32, "
                   "or algorithm.name=qdsgd for quantized messages")
+        if self.mode == "ps" and self.algorithm.local_sgd(1) != AlgorithmConfig().local_sgd(1):
+            _fail("algorithm.momentum", self.algorithm.momentum, "the local optimizer keys (algorithm.momentum, "
+                  "nesterov, weight_decay, warmup_steps, lr_decay) apply to mode=decentralized; mode=ps steps "
+                  "with AMSGrad: use ps.lr, ps.warmup_steps, ps.decay_every")
         if self.mode == "ps" and self.emulation.links:
             _fail("emulation.links", True, "link emulation is not available in mode=ps (emulation.stragglers is)")
         if (self.mode == "decentralized" and spec.uses_eps

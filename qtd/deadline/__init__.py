@@ -1,6 +1,7 @@
 """The wall-clock gradient loop and emulated straggler pacing."""
 
-from .loop import DeadlineTimer, GradientResult, compute_fixed_batch
+from .loop import DeadlinePhase, DeadlineTimer, FixedBatchPhase, GradientResult, compute_fixed_batch
 from .speeds import SpeedModel, deadline_samples
 
-__all__ = ["DeadlineTimer", "GradientResult", "SpeedModel", "compute_fixed_batch", "deadline_samples"]
+__all__ = ["DeadlinePhase", "DeadlineTimer", "FixedBatchPhase", "GradientResult", "SpeedModel", "compute_fixed_batch",
+           "deadline_samples"]

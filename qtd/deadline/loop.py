@@ -49,8 +49,8 @@ class DeadlineTimer:
         self.micro_batch_size = micro_batch_size
         self.device = device or torch.device("cpu")
         self._per_sample_s: float | None = None
-        self._empty = 0  # consecutive iterations in which no sample was predicted to fit
-        self._patience = 1  # empty iterations before the next probe (doubles while probes find it too slow)
+        self._empty = 0  # consecutive phases in which no sample was predicted to fit
+        self._patience = 1  # empty phases before the next probe (doubles while probes find it too slow)
 
     def _sync(self) -> None:
         # On a GPU kernels run asynchronously: a micro-batch counts only once its completion is observed.
@@ -64,58 +64,120 @@ class DeadlineTimer:
         else:
             self._per_sample_s = 0.7 * self._per_sample_s + 0.3 * per_sample
 
+    def phase(self, speed: float | None = None) -> "DeadlinePhase":
+        """A compute phase that starts now; the caller runs the micro-batches it allows (see :meth:`run`)."""
+        return DeadlinePhase(self, speed)
+
     def run(self, step: StepFn, speed: float | None = None) -> GradientResult:
-        start = time.monotonic()
-        end = start + self.deadline_s
-        cap = deadline_samples(speed, self.deadline_s) if speed else None
-        samples, batches, loss_sum, busy = 0, 0, 0.0, 0.0
-        starved = (self._per_sample_s is not None and (cap is None or cap > 0)
-                   and int(self.deadline_s / self._per_sample_s) < 1)
-        probe = starved and self._empty >= self._patience
-        while True:
-            k = self.micro_batch_size
-            if cap is not None:
-                k = min(k, cap - samples)
-            if probe:
-                k = min(k, 1)
-            elif self._per_sample_s is not None:
-                fits = int((end - time.monotonic()) / self._per_sample_s)
-                k = min(k, fits)
-            if k < 1 or (time.monotonic() >= end and not probe):
-                break
-            t0 = time.monotonic()
-            loss_sum += step(k)
-            self._sync()
-            took = time.monotonic() - t0
-            busy += took
-            if probe:  # a fresh measurement replaces the estimate that stopped the node
-                self._per_sample_s, probe = took / k, False
-            else:
-                self._observe(k, took)
-            samples += k
-            batches += 1
-            if speed:
-                _sleep_until(start + samples / speed)
-        if starved and batches == 0:
-            self._empty += 1
-        elif starved:  # probed: back to work if more than the probe fitted, else wait longer next time
-            self._empty, self._patience = 0, (1 if batches > 1 else 2 * self._patience)
+        phase = self.phase(speed)
+        while k := phase.next_size(self.micro_batch_size):
+            phase.done(k, step(k))
+        return phase.result()
+
+
+class DeadlinePhase:
+    """One compute phase of a :class:`DeadlineTimer`, driven from outside: before each micro-batch ask
+    :meth:`next_size` how many samples it may have (0: stop now), after it report :meth:`done`.
+
+    :meth:`DeadlineTimer.run` drives it with a step function; the library's deadline iterator
+    (:class:`qtd.api.Decentralized`) drives it with the batches of a user's own DataLoader, so both share
+    one deadline rule, one per-sample estimate and one pacing.
+    """
+
+    def __init__(self, timer: DeadlineTimer, speed: float | None = None) -> None:
+        self.timer, self.speed = timer, speed
+        self.start = time.monotonic()
+        self.end = self.start + timer.deadline_s
+        self.cap = deadline_samples(speed, timer.deadline_s) if speed else None
+        self.samples, self.batches, self.loss_sum, self.busy = 0, 0, 0.0, 0.0
+        self._started = self.start
+        self.starved = False  # nothing fitted when the phase began (by the estimate)
+        self.probe = False  # ... and this phase runs one micro-batch anyway, to measure again (see DeadlineTimer)
+
+    def next_size(self, wanted: int, divisible: bool = True) -> int:
+        """At most ``wanted`` samples for the next micro-batch: fewer when only fewer fit before the deadline
+        (or the emulated cap floor(V * T_d)), 0 when none does. With ``divisible=False`` (a user's batch) a
+        batch that does not fit in time whole is not started; the cap still cuts it. The clock starts now."""
+        k = wanted
+        if self.cap is not None:
+            k = min(k, self.cap - self.samples)
+        if k < 1:
+            return 0
+        now = time.monotonic()
+        allowed = k if now < self.end else 0
+        per_sample = self.timer._per_sample_s
+        if per_sample is not None:
+            fits = int((self.end - now) / per_sample)
+            allowed = min(allowed, fits) if divisible else (allowed if fits >= k else 0)
+        if allowed < 1 and not self.batches and not self.starved:  # nothing fits, before anything ran
+            self.starved = True
+            if self.timer._empty >= self.timer._patience:  # probe: one sample (a user's batch: one batch)
+                self.probe, allowed = True, (1 if divisible else k)
+        if allowed < 1:
+            return 0
+        self._started = time.monotonic()
+        return allowed
+
+    def done(self, k: int, loss_sum: float = 0.0) -> None:
+        """The micro-batch of ``k`` samples that :meth:`next_size` allowed has finished."""
+        self.timer._sync()
+        took = time.monotonic() - self._started
+        self.busy += took
+        if self.probe:  # a fresh measurement replaces the estimate that stopped the node; then as usual
+            self.timer._per_sample_s, self.probe = took / k, False
         else:
-            self._empty, self._patience = 0, 1
-        return GradientResult(samples, loss_sum, batches, time.monotonic() - start, busy)
+            self.timer._observe(k, took)
+        self.samples += k
+        self.batches += 1
+        self.loss_sum += loss_sum
+        if self.speed:
+            _sleep_until(self.start + self.samples / self.speed)
+
+    def result(self) -> GradientResult:
+        timer = self.timer
+        if self.starved and self.batches == 0:
+            timer._empty += 1
+        elif self.starved:  # probed: back to work if more than the probe fitted, else wait longer next time
+            timer._empty, timer._patience = 0, (1 if self.batches > 1 else 2 * timer._patience)
+        else:
+            timer._empty, timer._patience = 0, 1
+        return GradientResult(self.samples, self.loss_sum, self.batches, time.monotonic() - self.start, self.busy)
+
+
+class FixedBatchPhase:
+    """The compute phase of a fixed-batch node: one micro-batch of the size asked for, taking at least
+    size / speed seconds when paced. The same protocol as :class:`DeadlinePhase`."""
+
+    def __init__(self, speed: float | None = None, device: torch.device | None = None) -> None:
+        self.speed, self.device = speed, device
+        self.start = self._started = time.monotonic()
+        self.samples, self.batches, self.loss_sum, self.busy = 0, 0, 0.0, 0.0
+
+    def next_size(self, wanted: int, divisible: bool = True) -> int:
+        if self.batches:
+            return 0
+        self._started = time.monotonic()
+        return wanted
+
+    def done(self, k: int, loss_sum: float = 0.0) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.busy = time.monotonic() - self._started
+        self.samples, self.batches, self.loss_sum = k, 1, loss_sum
+        if self.speed:
+            _sleep_until(self.start + k / self.speed)
+
+    def result(self) -> GradientResult:
+        return GradientResult(self.samples, self.loss_sum, self.batches, time.monotonic() - self.start, self.busy)
 
 
 def compute_fixed_batch(step: StepFn, batch_size: int, speed: float | None = None,
                         device: torch.device | None = None) -> GradientResult:
     """One batch of ``batch_size`` samples, taking at least batch_size / speed seconds when paced."""
-    start = time.monotonic()
-    loss_sum = step(batch_size)
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
-    busy = time.monotonic() - start
-    if speed:
-        _sleep_until(start + batch_size / speed)
-    return GradientResult(batch_size, loss_sum, 1, time.monotonic() - start, busy)
+    phase = FixedBatchPhase(speed, device)
+    k = phase.next_size(batch_size)
+    phase.done(k, step(k))
+    return phase.result()
 
 
 def _sleep_until(when: float) -> None:

@@ -25,11 +25,12 @@ from ..errors import CheckpointError
 from ..metrics import (complete_iterations, load_node_checkpoint, node_file, prune_node_checkpoints,
                        save_node_checkpoint, write_json_atomic)
 from .evaluate import Evaluator, gather_table
+from .model_file import MODEL_FILE, network_average_state, write_model_file
 from .points import EvalPoint, eval_scalars, point_from_table
 from .parts import NodeParts, build_parts
 from .resume import existing_summary, resume_verdict, run_settings
 from .run_files import RunFiles, clear_run_files, flat_hparams
-from .steps import RUNNERS, Step, StepStats
+from .steps import RUNNERS, Step, StepStats, node_scalars
 from .summary import build_summary
 
 
@@ -146,9 +147,13 @@ class NodeDriver:
 
     def _node_state(self, final: bool = False) -> dict[str, Any]:
         self.counters.time_s = self.clock.now()
-        return {"params": self.flat.params.detach().cpu().clone(), "sampler": self.parts.sampler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "algorithm": self.step.state_dict(),
-                "counters": self.counters.state_dict(), "settings": self.settings, "final": final}
+        state = {"params": self.flat.params.detach().cpu().clone(), "sampler": self.parts.sampler.state_dict(),
+                 "torch_rng": torch.get_rng_state(), "algorithm": self.step.state_dict(),
+                 "counters": self.counters.state_dict(), "settings": self.settings, "final": final}
+        buffers = {name: b.detach().cpu().clone() for name, b in self.flat.module.named_buffers()}
+        if buffers:  # BatchNorm statistics: for model.pt, qtd export and resume
+            state["buffers"] = buffers
+        return state
 
     def _restore(self, iteration: int, state: dict[str, Any]) -> None:
         """Load this node's checkpoint of ``iteration``; CheckpointError when another run setup wrote it."""
@@ -166,6 +171,9 @@ class NodeDriver:
             torch.set_rng_state(state["torch_rng"])
             self.step.load_state_dict(state["algorithm"])
             self.counters.load_state_dict(state["counters"])
+            buffers = dict(self.flat.module.named_buffers())
+            for name, saved in state.get("buffers", {}).items():
+                buffers[name].copy_(saved.to(buffers[name].device))
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as exc:
             raise CheckpointError(f"checkpoint {str(path)!r} does not fit this run ({type(exc).__name__}: {exc}); "
                                   "it was written with another config or qtd version: use a new run.out_dir or "
@@ -248,11 +256,7 @@ class NodeDriver:
         files.node_log.write({"iteration": iteration, "time_s": now, "samples": stats.samples,
                               "train_loss": stats.loss, "compute_s": stats.compute_s, "wait_s": stats.wait_s,
                               "bytes_sent": bytes_sent, "speed": stats.speed, **stats.log})
-        scalars = {"node/train_loss": stats.loss, "node/samples": stats.samples, "node/compute_s": stats.compute_s,
-                   "node/wait_s": stats.wait_s, "node/bytes_sent": bytes_sent, "node/time_s": now}
-        if stats.speed:
-            scalars["node/speed"] = stats.speed
-        files.node_tb.scalars({**scalars, **stats.scalars}, iteration)
+        files.node_tb.scalars(node_scalars(stats, bytes_sent, now), iteration)
 
     def _evaluate(self, iteration: int) -> EvalPoint:
         """Collective: every node evaluates at the same point (the cadence guarantees it)."""
@@ -281,6 +285,9 @@ class NodeDriver:
         counters, world = self.counters, self.world
         self.step.before_final_checkpoint(self.iteration)
         self._checkpoint(self.cadence.final_checkpoint(self.iteration), final=True)
+        model = network_average_state(self.flat.module, world, replicated=self.spec.runner is Runner.PS)
+        if world.rank == 0:
+            write_model_file(model, self.out / MODEL_FILE)
         values = {"samples_per_iteration": counters.samples / max(counters.iterations, 1),
                   "bytes_sent": self.step.bytes_sent, "iterations": counters.iterations,
                   "finish_s": counters.finish_s,

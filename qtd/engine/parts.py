@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from ..algorithms import AlgorithmSpec, StepSizes
+from ..algorithms import AlgorithmSpec, LocalSGD, StepSizes
 from ..comm import LinkModel, World
 from ..config import Config
 from ..data import NodeSampler
@@ -38,6 +38,11 @@ class NodeParts:
     def sizes(self) -> StepSizes:
         algo = self.config.algorithm
         return self.spec.step_sizes(algo.schedule, algo.alpha, algo.eps, self.config.run.iterations)
+
+    @property
+    def local(self) -> LocalSGD:
+        """The local optimizer (momentum, weight decay, learning-rate schedule) over the run's iterations."""
+        return self.config.algorithm.local_sgd(self.config.run.iterations)
 
     @property
     def link(self) -> LinkModel | None:

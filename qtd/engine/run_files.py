@@ -60,7 +60,7 @@ def clear_run_files(out: Path) -> bool:
     and TensorBoard curves onto the older ones. Returns whether anything was there."""
     found = False
     for pattern in ("checkpoints/iter_*", "tensorboard/global", "tensorboard/node_*", "nodes/node_*.jsonl",
-                    "metrics.jsonl", "summary.json", "model.pt", "sim_models.pt"):
+                    "metrics.jsonl", "summary.json", "model.pt", "model_node_*.pt", "sim_models.pt"):
         for path in out.glob(pattern):
             found = True
             if path.is_dir():

@@ -2,7 +2,8 @@
 
 ``config.yaml``, ``metrics.jsonl`` (one row per evaluation, ``time_s`` in virtual seconds),
 ``tensorboard/global``, per-node ``nodes/node_XXX.jsonl`` and ``tensorboard/node_XXX`` (optional: a
-sweep of many runs can leave them out), ``summary.json`` and ``sim_models.pt`` (every node's final model).
+sweep of many runs can leave them out), ``summary.json``, ``sim_models.pt`` (every node's final model) and
+``model.pt`` (the network-average model's ``state_dict``, as real runs write it).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ..config import Config, dump_config, save_config
 from ..engine.points import EvalPoint, eval_scalars
 from ..engine.run_files import clear_run_files
 from ..metrics import JsonlWriter, ScalarLogger, TensorBoardLogger, write_json_atomic
+from ..metrics.model_file import MODEL_FILE, write_model_file
 
 NODE_TB_KEYS = ("train_loss", "samples", "compute_s", "wait_s", "bytes_sent", "speed")
 
@@ -59,11 +61,14 @@ class SimRecorder:
         self._metrics.write(point.row())
         self._global.scalars(eval_scalars(point, time_tag="time/virtual_s"), point.iteration)
 
-    def finish(self, summary: Mapping[str, Any], models: torch.Tensor, hparams: Mapping[str, Any]) -> None:
+    def finish(self, summary: Mapping[str, Any], models: torch.Tensor, hparams: Mapping[str, Any],
+               model_state: Mapping[str, torch.Tensor] | None = None) -> None:
         if not self.write:
             return
         torch.save({"params": models.detach().cpu().clone(), "average": models.detach().mean(dim=0).cpu()},
                    self.out / "sim_models.pt")
+        if model_state is not None:
+            write_model_file(model_state, self.out / MODEL_FILE)
         write_json_atomic(self.out / "summary.json", summary)
         self._global.hparams(hparams, {"hparam/eval_loss": summary["eval_loss"],
                                        "hparam/eval_accuracy": summary["eval_accuracy"],

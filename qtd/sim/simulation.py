@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..algorithms import Runner, consensus_error, mix_stack, spec_for
+from ..algorithms import LocalOptimizer, Runner, consensus_error, mix_stack, spec_for
 from ..config import Config, ConfigError
 from ..costs import ring_allreduce_bytes
 from ..deadline import SpeedModel, deadline_samples
@@ -40,6 +40,7 @@ from ..engine.problem import build_problem
 from ..engine.run_files import flat_hparams
 from ..engine.summary import build_summary
 from ..metrics import Progress
+from ..metrics.model_file import average_states
 from ..topology import build_topology
 from .clock import FLOAT32_BYTES, TimeModel
 from .events import EventQueue
@@ -90,6 +91,7 @@ class Simulation:
         self.degrees = [len(self.topology.view(i).neighbours) for i in range(self.n)]
         algo, emu = config.algorithm, config.emulation
         self.sizes = self.spec.step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations)
+        self.local = LocalOptimizer(algo.local_sgd(config.run.iterations), self.models)  # one row per node
         self.speeds = SpeedModel.from_config(emu, seed)
         self.time = TimeModel(emu.comm_time_s, emu.link_latency_s, self.n, self.numel, algo.overlap)
         self.bits = config.compression.bits
@@ -128,12 +130,14 @@ class Simulation:
         step_s = self.time.iteration_s(spec, algo.deadline_s, algo.batch_size, speeds, self.bits)
         x = self.models
         with torch.no_grad():
+            sizes = self.local.sizes(self.sizes, t)
             if spec.runner is Runner.COLLECTIVE:
-                new = spec.update(x, None, None, grads.mean(dim=0, keepdim=True), self.sizes)
+                new = spec.update(x, None, None, self.local.direction(grads.mean(dim=0, keepdim=True), x), sizes)
                 sent_per_node = [ring_allreduce_bytes(FLOAT32_BYTES * self.numel, n)] * n
             else:
                 self.codec.all(x, t, out=decoded)
-                new = spec.update(x, mix_stack(self.neighbour_mixing, decoded), self.self_weights, grads, self.sizes)
+                new = spec.update(x, mix_stack(self.neighbour_mixing, decoded), self.self_weights,
+                                  self.local.direction(grads, x), sizes)
                 sent_per_node = [d * self.codec.nbytes for d in self.degrees]
             x.copy_(new)
         self.time_s += step_s
@@ -187,7 +191,9 @@ class Simulation:
             grad, loss_sum = self.gradients.node(j, self.models[j], [batch])
             with torch.no_grad():
                 mixed = mix_stack(self.neighbour_mixing[j], held)
-                self.models[j].copy_(spec.update(self.models[j], mixed, self.self_weights[j], grad, self.sizes))
+                direction = self.local.direction(grad, self.models[j], node=j)
+                self.models[j].copy_(spec.update(self.models[j], mixed, self.self_weights[j], direction,
+                                                 self.local.sizes(self.sizes, k)))
                 finite = math.isfinite(float(self.models[j].sum()))
                 if finite:  # the message of version k + 1, keyed as the real engine keys it
                     self.codec.node(self.models[j], j, k + 1, out=held[j])
@@ -246,7 +252,8 @@ class Simulation:
         try:
             iterations = self._run_async(progress) if self.spec.runner is Runner.ASYNC else self._run_sync(progress)
             summary = self._summary(iterations, time.perf_counter() - wall)
-            self.recorder.finish(summary, self.models, flat_hparams(self.config))
+            model = average_model_state(self.problem, self.models, self.device, getattr(self.gradients, "flats", ()))
+            self.recorder.finish(summary, self.models, flat_hparams(self.config), model)
         finally:
             progress.close()
             self.recorder.close()
@@ -295,6 +302,20 @@ def problem_evaluator(problem, device: torch.device):
         return loss_sum / max(count, 1), correct / max(count, 1), consensus_error(models)
 
     return evaluate
+
+
+def average_model_state(problem, models: Tensor, device: torch.device, flats=()) -> dict[str, Tensor]:
+    """What model.pt holds: the template's state_dict with the nodes' average parameters (a float64 mean, as
+    real runs take it) and, when the nodes ran real modules (``LoopGradients``), their average buffers."""
+    average = problem.new_flat_model(device)
+    with torch.no_grad():
+        average.params.copy_(models.detach().to(torch.float64).mean(dim=0).to(torch.float32))
+    state = {key: value.detach().cpu().clone() for key, value in average.module.state_dict().items()}
+    buffers = [name for name, _ in average.module.named_buffers()]
+    if flats and buffers:
+        state.update({name: value for name, value in average_states([
+            {name: dict(flat.module.named_buffers())[name] for name in buffers} for flat in flats]).items()})
+    return state
 
 
 def simulate(config: Config, **options: Any) -> SimResult:

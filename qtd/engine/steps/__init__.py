@@ -13,7 +13,7 @@ from ...compress import message_nbytes
 from ..cadence import IterationCadence, TrainingTimeCadence
 from .allreduce import AllReduceStep
 from .async_ import AsyncDSGDStep
-from .base import GradientSource, Step, StepStats
+from .base import GradientSource, Step, StepStats, node_scalars, stats_from
 from .gossip import GossipStep
 from .ps import PSStep, build_codec
 
@@ -23,13 +23,15 @@ def _gossip(parts) -> GossipStep:
     deadline = algo.deadline_s if parts.spec.deadline_bound else None
     return GossipStep(parts.world, parts.spec, parts.flat, parts.gradients(algo.batch_size, deadline,
                                                                             algo.micro_batch_size),
-                      parts.view, config.compression.bits, parts.sizes, algo.overlap, config.run.seed, parts.link)
+                      parts.view, config.compression.bits, parts.sizes, algo.overlap, config.run.seed, parts.link,
+                      parts.local)
 
 
 def _collective(parts) -> AllReduceStep:
     algo = parts.config.algorithm
     return AllReduceStep(parts.world, parts.spec, parts.flat,
-                         parts.gradients(algo.batch_size, None, algo.micro_batch_size), parts.sizes, parts.link)
+                         parts.gradients(algo.batch_size, None, algo.micro_batch_size), parts.sizes, parts.link,
+                         parts.local)
 
 
 def _async(parts) -> AsyncDSGDStep:
@@ -40,7 +42,7 @@ def _async(parts) -> AsyncDSGDStep:
                                     parts.link, config.comm.timeout_s)
     return AsyncDSGDStep(parts.world, parts.spec, parts.flat,
                          parts.gradients(algo.batch_size, None, algo.micro_batch_size), parts.view,
-                         config.compression.bits, parts.sizes, config.run.seed, channel)
+                         config.compression.bits, parts.sizes, config.run.seed, channel, parts.local)
 
 
 def _ps(parts) -> PSStep:
@@ -64,4 +66,5 @@ def build_step(parts) -> Step:
     return RUNNERS[parts.spec.runner][0](parts)
 
 
-__all__ = ["build_step", "AllReduceStep", "AsyncDSGDStep", "GossipStep", "GradientSource", "PSStep", "RUNNERS", "Step", "StepStats"]
+__all__ = ["build_step", "AllReduceStep", "AsyncDSGDStep", "GossipStep", "GradientSource", "PSStep", "RUNNERS", "Step",
+           "StepStats", "node_scalars", "stats_from"]

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from ...algorithms import AlgorithmSpec, StepSizes
+from ...algorithms import AlgorithmSpec, LocalOptimizer, LocalSGD, StepSizes
 from ...comm import LinkModel, World, all_reduce_sum, ring_allreduce_bytes
 from ...models import FlatModel
 from .base import GradientSource, Step, StepStats, stats_from
@@ -17,8 +17,9 @@ from .base import GradientSource, Step, StepStats, stats_from
 
 class AllReduceStep(Step):
     def __init__(self, world: World, spec: AlgorithmSpec, flat: FlatModel, gradients: GradientSource,
-                 sizes: StepSizes, link: LinkModel | None = None) -> None:
+                 sizes: StepSizes, link: LinkModel | None = None, local: LocalSGD = LocalSGD()) -> None:
         self.world, self.spec, self.flat, self.gradients, self.sizes = world, spec, flat, gradients, sizes
+        self.local = LocalOptimizer(local, flat.params)
         self.link = link if link is not None and link.enabled else None
         self._nbytes = flat.numel * flat.grads.element_size()
         self._bytes_sent = 0
@@ -35,7 +36,9 @@ class AllReduceStep(Step):
                 time.sleep(remaining)
         wait_s = time.monotonic() - wait_start
         with torch.no_grad():
-            self.flat.params.copy_(self.spec.update(self.flat.params, None, None, self.flat.grads, self.sizes))
+            x = self.flat.params
+            direction = self.local.direction(self.flat.grads, x)
+            x.copy_(self.spec.update(x, None, None, direction, self.local.sizes(self.sizes, iteration)))
         self._bytes_sent += ring_allreduce_bytes(self._nbytes, self.world.size)
         return stats_from(result, speed, wait_s, time.monotonic() - start)
 
@@ -44,7 +47,8 @@ class AllReduceStep(Step):
         return self._bytes_sent
 
     def state_dict(self) -> dict[str, Any]:
-        return {"bytes_sent": torch.tensor(self._bytes_sent, dtype=torch.int64)}
+        return {"bytes_sent": torch.tensor(self._bytes_sent, dtype=torch.int64), **self.local.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._bytes_sent = int(state["bytes_sent"])
+        self.local.load_state_dict(state)

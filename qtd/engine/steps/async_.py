@@ -15,7 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ...algorithms import AlgorithmSpec, StepSizes, mix_neighbours
+from ...algorithms import AlgorithmSpec, LocalOptimizer, LocalSGD, StepSizes, mix_neighbours
 from ...comm import AsyncNeighbourChannel, World, barrier
 from ...compress import decode_message, encode_message
 from ...models import FlatModel
@@ -54,7 +54,8 @@ class AsyncDSGDStep(Step):
     first message arrives its model is x_0 (version 0), exactly."""
 
     def __init__(self, world: World, spec: AlgorithmSpec, flat: FlatModel, gradients: GradientSource, view: NodeView,
-                 bits: int, sizes: StepSizes, seed: int, channel: AsyncNeighbourChannel) -> None:
+                 bits: int, sizes: StepSizes, seed: int, channel: AsyncNeighbourChannel,
+                 local: LocalSGD = LocalSGD()) -> None:
         self.world, self.rank = world, world.rank
         self.spec, self.flat, self.gradients, self.view = spec, flat, gradients, view
         self.bits, self.sizes, self.seed = bits, sizes, seed
@@ -70,6 +71,7 @@ class AsyncDSGDStep(Step):
         self._encoded = torch.empty(channel.message_nbytes, dtype=torch.uint8, device=x0.device)
         self._inbound = torch.empty(channel.message_nbytes, dtype=torch.uint8, device=x0.device)
         self._mixed = torch.empty_like(x0)
+        self.local = LocalOptimizer(local, x0)
 
     def ready(self) -> None:
         barrier(self.world, "starting the asynchronous run")  # every training clock starts together
@@ -111,7 +113,9 @@ class AsyncDSGDStep(Step):
         mix_neighbours(((self.latest[j], w) for j, w in zip(self.view.neighbours, self.view.neighbour_weights)),
                        out=self._mixed)
         with torch.no_grad():
-            x.copy_(self.spec.update(x, self._mixed, self.view.self_weight, self.flat.grads, self.sizes))
+            direction = self.local.direction(self.flat.grads, x)
+            x.copy_(self.spec.update(x, self._mixed, self.view.self_weight, direction,
+                                     self.local.sizes(self.sizes, iteration)))
         stale_iters = {j: self.newest_known[j] - self.version[j] for j in self.view.neighbours}
         stale_s = {j: self.clock.age(self.produced_at[j]) for j in self.view.neighbours}
         self.staleness.add(stale_iters, stale_s)
@@ -146,7 +150,7 @@ class AsyncDSGDStep(Step):
         return {"neighbours": torch.tensor(neighbours, dtype=torch.int64),
                 "neighbour_versions": torch.tensor([self.version[j] for j in neighbours], dtype=torch.int64),
                 "neighbour_models": torch.stack([self.latest[j].cpu() for j in neighbours]) if neighbours
-                else torch.zeros(0)}
+                else torch.zeros(0), **self.local.state_dict()}
 
     # -- what evaluations and the summary gather ------------------------------------------------------
 

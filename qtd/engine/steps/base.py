@@ -44,6 +44,15 @@ def stats_from(result: GradientResult, speed: float | None, wait_s: float, itera
                      iteration_s=iteration_s, speed=speed, **extra)
 
 
+def node_scalars(stats: StepStats, bytes_sent: int, time_s: float) -> dict[str, float]:
+    """The TensorBoard tags of one node's iteration (``node_XXX``), for real runs and the library wrapper alike."""
+    scalars = {"node/train_loss": stats.loss, "node/samples": stats.samples, "node/compute_s": stats.compute_s,
+               "node/wait_s": stats.wait_s, "node/bytes_sent": bytes_sent, "node/time_s": time_s}
+    if stats.speed:
+        scalars["node/speed"] = stats.speed
+    return {**scalars, **stats.scalars}
+
+
 class GradientSource:
     """Computes this node's gradient into ``flat.grads``: a fixed batch, or micro-batches until a deadline;
     the mean over the samples computed (zero if none)."""

@@ -1,0 +1,82 @@
+"""The model exchange of synchronous gossip, in one place: encode -> post -> wait -> decode -> mix.
+
+The real engine's gossip step (:class:`.gossip.GossipStep`) and the library's wrapper
+(:class:`qtd.api.Decentralized`) both exchange through :class:`ModelExchange`, so both put the same bytes on
+the wire (:func:`qtd.compress.encode_message`: the same header, noise keys and payload), count the same
+bytes and check every received message the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from ...algorithms import mix_neighbours
+from ...comm import LinkModel, NeighbourExchange, PendingExchange, World
+from ...compress import decode_message, encode_message, message_nbytes
+from ...topology import NodeView
+
+
+class ModelExchange:
+    """One message Q(x_i) to and from every neighbour per iteration, and the mixed term sum_j w_ij z_j.
+
+    Not a collective: this node and its neighbours each call :meth:`post` and then :meth:`mixed` once per
+    iteration; all receives and sends are posted at :meth:`post`, so whatever the caller computes between the
+    two calls overlaps the communication. ``parts`` are the (element count, bits) of the tensors sent per
+    iteration, each as its own wire message, all in one transfer per neighbour: the engine sends the model
+    alone; the library wrapper may add the model's float buffers (BatchNorm statistics) at 32 bits.
+    """
+
+    def __init__(self, world: World, view: NodeView, parts: Sequence[tuple[int, int]], seed: int,
+                 device: torch.device, link: LinkModel | None = None) -> None:
+        self.world, self.view, self.seed = world, view, seed
+        self.parts = [(int(numel), int(bits)) for numel, bits in parts]
+        sizes = [message_nbytes(numel, bits) for numel, bits in self.parts]
+        self._slices = [(sum(sizes[:k]), size) for k, size in enumerate(sizes)]
+        self.exchange = NeighbourExchange(world, view.neighbours, sum(sizes), link)
+        self._decoded = [torch.empty(numel, dtype=torch.float32, device=device) for numel, _ in self.parts]
+        self._mixed = [torch.empty(numel, dtype=torch.float32, device=device) for numel, _ in self.parts]
+
+    def post(self, tensors: Sequence[Tensor], iteration: int) -> PendingExchange:
+        """Encode ``tensors`` (one per part, flat) as this node's messages of ``iteration`` and post the exchange."""
+        send = self.exchange.send_message
+        for tensor, (numel, bits), (start, size) in zip(tensors, self.parts, self._slices):
+            encode_message(tensor.detach(), bits, self.world.rank, iteration, seed=self.seed,
+                           out=send[start:start + size])
+        return self.exchange.start(iteration)
+
+    def _received(self, messages: dict[int, Tensor], part: int, iteration: int) -> Iterator[tuple[Tensor, float]]:
+        numel, bits = self.parts[part]
+        start, size = self._slices[part]
+        decoded = self._decoded[part]
+        for j, weight in zip(self.view.neighbours, self.view.neighbour_weights):
+            decode_message(messages[j][start:start + size], expected_bits=bits, expected_count=numel,
+                           expected_sender=j, expected_iteration=iteration, out=decoded)
+            yield decoded, weight
+
+    def mixed(self, pending: PendingExchange) -> list[Tensor]:
+        """Wait for the exchange (bounded by comm.timeout_s); per part, sum_{j in N_i} w_ij z_j (reused buffers)."""
+        messages = self.exchange.wait(pending)
+        for part, out in enumerate(self._mixed):
+            mix_neighbours(self._received(messages, part, pending.iteration), out=out)
+        return self._mixed
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes this node sent so far, headers included."""
+        return self.exchange.sent.total
+
+    @property
+    def wait_s(self) -> float:
+        """Seconds spent blocked in :meth:`mixed` so far (emulated link delay included)."""
+        return self.exchange.wait_s
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bytes_per_edge": torch.tensor([self.exchange.sent.per_edge[j] for j in self.view.neighbours],
+                                               dtype=torch.int64)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for j, count in zip(self.view.neighbours, state["bytes_per_edge"].tolist()):
+            self.exchange.sent.per_edge[j] = int(count)
