@@ -75,3 +75,21 @@ def write_step_result(path: str | Path, status: str, message: str, details: dict
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps({"status": status, "message": message, "details": details}, indent=2) + "\n")
     os.replace(tmp, path)
+
+
+def time_to_level(curve: list[dict], level: float) -> float | None:
+    """First training second at which eval loss <= level, interpolated between evaluation points."""
+    previous = None
+    for point in curve:
+        if point["eval_loss"] <= level:
+            if previous is None or previous["eval_loss"] <= level:
+                return point["time_s"]
+            share = (previous["eval_loss"] - level) / (previous["eval_loss"] - point["eval_loss"])
+            return previous["time_s"] + share * (point["time_s"] - previous["time_s"])
+        previous = point
+    return None
+
+
+def final_loss(curve: list[dict], last: int = 3) -> float:
+    tail = [p["eval_loss"] for p in curve[-last:]]
+    return sum(tail) / len(tail)

@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 NAME = "wallclock"
 sys.path.insert(0, str(REPO))
 
-from _common import OUT_HELP, mnist_dir, results_dir  # noqa: E402
+from _common import OUT_HELP, final_loss, mnist_dir, results_dir, time_to_level  # noqa: E402
 
 METHODS: dict[str, list[str]] = {
     "quantimed": ["algorithm.name=quantimed", "compression.bits=4"],
@@ -113,24 +113,6 @@ def run_method(method: str, extra: list[str], budget_s: float, settings: dict[st
         {"time_s": r["time_s"], "eval_loss": r["eval_loss"], "eval_accuracy": r["eval_accuracy"],
          "iteration": r["iteration"], "bytes_sent": r["bytes_sent"]} for r in rows],
         "summary": summary}
-
-
-def time_to_level(curve: list[dict], level: float) -> float | None:
-    """First training second at which eval loss <= level, interpolated between evaluation points."""
-    previous = None
-    for point in curve:
-        if point["eval_loss"] <= level:
-            if previous is None or previous["eval_loss"] <= level:
-                return point["time_s"]
-            share = (previous["eval_loss"] - level) / (previous["eval_loss"] - point["eval_loss"])
-            return previous["time_s"] + share * (point["time_s"] - previous["time_s"])
-        previous = point
-    return None
-
-
-def final_loss(curve: list[dict], last: int = 3) -> float:
-    tail = [p["eval_loss"] for p in curve[-last:]]
-    return sum(tail) / len(tail)
 
 
 def plot(finals: dict[str, dict], levels: list[float], nodes: int, path: Path) -> None:

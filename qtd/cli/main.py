@@ -1,4 +1,4 @@
-"""`qtd launch | train | sim | topology | export | bench | check`: thin entry points that build, run and close."""
+"""`qtd launch | train | sim | topology | cluster | export | bench | check`: thin entry points."""
 
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ def build_parser() -> ArgumentParser:
                         "the newest complete one)")
     export.add_argument("-o", "--output", default=None, help="the file to write (default: RUN_DIR/model.pt, or "
                         "RUN_DIR/model_node_K.pt with --node)")
+    cluster = commands.add_parser("cluster", add_help=False,
+                                  help="rehearse on a slow heterogeneous cluster on one box (qtd cluster --help)")
+    cluster.add_argument("args", nargs=argparse.REMAINDER, help="qtd cluster run | cleanup | check ...")
 
     bench = commands.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. qtd bench wallclock --quick)")
     bench.add_argument("name", help="benchmark name: one of the files benchmarks/NAME.py")
@@ -54,6 +57,10 @@ def build_parser() -> ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["cluster"]:  # its own parser (options, then a torchrun target after --)
+        from ..cluster.cli import cluster_command
+        return cluster_command(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "launch":
         from .launch import launch_command

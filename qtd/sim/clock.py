@@ -68,7 +68,7 @@ class TimeModel:
     def formula(self, spec: AlgorithmSpec) -> str:
         """The rule in words, for summary.json."""
         plus = "max" if self.overlap else "sum"
-        comm = (f"2(n-1)(latency + T_c*(4p//n)/(2p))" if spec.runner is Runner.COLLECTIVE
+        comm = ("2(n-1)(latency + T_c*(4p//n)/(2p))" if spec.runner is Runner.COLLECTIVE
                 else f"latency + T_c*s/16 (T_c={self.comm_time_s:g}, latency={self.latency_s:g})")
         if spec.runner is Runner.ASYNC:
             return f"node j's step k ends {plus}(B/V_jk, {comm}) after its previous one"
