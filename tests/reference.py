@@ -32,9 +32,12 @@ def reference_models(config: Config, iterations: int, samples: list[list[int]] |
     n, algo, seed = config.topology.nodes, config.algorithm, config.run.seed
     topology, flats, steps = reference_nodes(config)
     spec = get_spec(algo.name)
-    sizes = spec.step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations)
+    sizes = spec.step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations, algo.gamma)
     bits = config.compression.bits
     momentum = [torch.zeros(f.numel) for f in flats]  # the local optimizer, written out as torch.optim.SGD's
+    # difference gossip: copies[i][j] is node i's copy of node j's public model, for j = i and every neighbour
+    # (CHOCO-SGD as its paper writes it; qtd keeps only x̂_i and the weighted sum of the neighbours' copies)
+    copies = [{j: torch.zeros(f.numel) for j in (i, *topology.view(i).neighbours)} for i, f in enumerate(flats)]
 
     def direction(i: int, grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         d = grad + algo.weight_decay * x
@@ -45,18 +48,14 @@ def reference_models(config: Config, iterations: int, samples: list[list[int]] |
 
     for t in range(iterations):
         sizes_t = StepSizes(scheduled_lr(sizes.alpha, t, algo.warmup_steps, algo.lr_decay, algo.decay_every,
-                                         algo.decay_gamma, config.run.iterations), sizes.eps)
+                                         algo.decay_gamma, config.run.iterations), sizes.eps, sizes.gamma)
+        if spec.runner is Runner.DIFFERENCE_GOSSIP:
+            _gradients(config, flats, steps, samples, t)
+            _choco_iteration(config, topology, flats, copies, t, sizes_t,
+                             [direction(i, flats[i].grads, flats[i].params.detach()) for i in range(n)])
+            continue
         messages = [encode_message(flats[i].params.detach(), bits, i, t, seed=seed) for i in range(n)]
-        for i in range(n):
-            flats[i].grads.zero_()
-            count = samples[i][t] if samples is not None else algo.batch_size
-            done = 0
-            while done < count:
-                k = min(algo.micro_batch_size if samples is not None else count, count - done)
-                steps[i](k)
-                done += k
-            if count:
-                flats[i].grads.div_(count)
+        _gradients(config, flats, steps, samples, t)
         if spec.runner is Runner.COLLECTIVE:
             mean_grad = torch.stack([f.grads for f in flats]).mean(dim=0)
             new = [spec.update(f.params.detach(), None, None, direction(i, mean_grad, f.params.detach()), sizes_t)
@@ -74,3 +73,39 @@ def reference_models(config: Config, iterations: int, samples: list[list[int]] |
             for f, x in zip(flats, new):
                 f.params.copy_(x)
     return [f.params.detach().clone() for f in flats]
+
+
+def _gradients(config: Config, flats, steps, samples: list[list[int]] | None, t: int) -> None:
+    """Every node's mean gradient of iteration t into its flat model's grads: algorithm.batch_size samples,
+    or ``samples[i][t]`` in micro-batches of algorithm.micro_batch_size (deadline runs)."""
+    algo = config.algorithm
+    for i, flat in enumerate(flats):
+        flat.grads.zero_()
+        count = samples[i][t] if samples is not None else algo.batch_size
+        done = 0
+        while done < count:
+            k = min(algo.micro_batch_size if samples is not None else count, count - done)
+            steps[i](k)
+            done += k
+        if count:
+            flat.grads.div_(count)
+
+
+def _choco_iteration(config: Config, topology, flats, copies, t: int, sizes: StepSizes, directions) -> None:
+    """One CHOCO-SGD iteration of every node, written out: with algorithm.overlap the difference of the current
+    model is sent and x_i <- x_i - alpha d_i + gamma sum_j w_ij (x̂_j - x̂_i); without it, the paper's order
+    (x_i - alpha d_i first, its difference sent, then the consensus step)."""
+    n, bits, seed, overlap = len(flats), config.compression.bits, config.run.seed, config.algorithm.overlap
+    x = [f.params.detach().clone() for f in flats]
+    if not overlap:
+        x = [x[i] - sizes.alpha * directions[i] for i in range(n)]
+    q = [decode_message(encode_message(x[i] - copies[i][i], bits, i, t, seed=seed))[1] for i in range(n)]
+    for i in range(n):
+        for j in copies[i]:
+            copies[i][j] += q[j]
+    for i in range(n):
+        view = topology.view(i)
+        consensus = sum(w * (copies[i][j] - copies[i][i]) for j, w in zip(view.neighbours, view.neighbour_weights))
+        step = sizes.alpha * directions[i] if overlap else 0.0
+        with torch.no_grad():
+            flats[i].params.copy_(x[i] - step + sizes.gamma * consensus)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from qtd.algorithms import get_spec
 from qtd.config import load_config
 from qtd.metrics import read_jsonl
 from tests.harness import REPO, collect, run_qtd, start_ranks
@@ -42,22 +43,25 @@ def _launch(tmp_path: Path, overrides: list[str], config: str = "configs/quickst
 # 300 samples/s and T_d = 0.1 s the last micro-batch had 7 to 20 ms, and a descheduled node on a loaded
 # machine predicted it would miss the deadline and cut it.) The counts floor(V T_d) stay 10, 15, 20, 30.
 PACED_SPEEDS, PACED_DEADLINE_S = (5, 7.5, 10, 15), 2.0
+PACED = ["emulation.stragglers=true", "emulation.speed_distribution=fixed",
+         f"emulation.speeds=[{', '.join(map(str, PACED_SPEEDS))}]", f"algorithm.deadline_s={PACED_DEADLINE_S}",
+         "algorithm.micro_batch_size=4"]
 
 
 @pytest.mark.parametrize("algorithm, extra", [
     ("qdsgd", ["compression.bits=3"]),
     ("dsgd", ["compression.bits=16"]),
     ("allreduce_sgd", ["compression.bits=32"]),
-    ("quantimed", ["compression.bits=5", "emulation.stragglers=true", "emulation.speed_distribution=fixed",
-                   f"emulation.speeds=[{', '.join(map(str, PACED_SPEEDS))}]",
-                   f"algorithm.deadline_s={PACED_DEADLINE_S}", "algorithm.micro_batch_size=4"]),
+    ("quantimed", ["compression.bits=5", *PACED]),
+    ("choco", ["compression.bits=2", "algorithm.gamma=0.4", "algorithm.overlap=false"]),  # CHOCO-SGD's own order
+    ("quantimed_choco", ["compression.bits=2", "algorithm.gamma=0.4", *PACED]),
 ])
 def test_real_run_reproduces_the_single_process_reference(tmp_path, algorithm, extra):
     overrides = SMALL + [f"algorithm.name={algorithm}", "run.iterations=4", "algorithm.overlap=true", *extra]
     out = _launch(tmp_path, overrides)
     config = load_config(out / "config.yaml")
     samples = None
-    if algorithm == "quantimed":
+    if get_spec(algorithm).deadline_bound:
         samples = [[row["samples"] for row in read_jsonl(out / "nodes" / f"node_{i:03d}.jsonl")] for i in range(4)]
         assert samples == [[int(v * PACED_DEADLINE_S)] * 4 for v in PACED_SPEEDS]  # floor(V * T_d)
         assert [row[0] for row in samples] == [10, 15, 20, 30]

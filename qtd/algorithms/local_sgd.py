@@ -17,7 +17,7 @@ Pure: tensor methods only (works on one model or a stack of them, one row per no
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from .schedules import StepSizes, scheduled_lr
@@ -76,7 +76,7 @@ class LocalOptimizer:
             return sizes
         alpha = scheduled_lr(sizes.alpha, iteration, o.warmup_steps, o.lr_decay, o.decay_every, o.decay_gamma,
                              o.horizon)
-        return StepSizes(alpha=alpha, eps=sizes.eps)
+        return replace(sizes, alpha=alpha)
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.buffer is None else {"momentum_buffer": self.buffer.detach().cpu().clone()}

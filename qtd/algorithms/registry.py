@@ -13,12 +13,13 @@ compare algorithm names. Pure: no torch import at module level, so checking a co
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable, Optional
 
 from ..echo import shown
 from ..errors import ConfigError
 from ..formats import ALLOWED_BITS, UNQUANTIZED_BITS
+from .choco import choco_update
 from .decentralized import consensus_delta, dsgd_update, quantimed_update, sgd_update
 from .schedules import StepSizes, step_sizes
 
@@ -30,6 +31,8 @@ class Runner(enum.Enum):
     """How a node runs the algorithm (which step object the engine and the simulator use)."""
 
     GOSSIP = "synchronous gossip: one message to and from every neighbour per iteration"
+    DIFFERENCE_GOSSIP = ("synchronous gossip of compressed differences against public copies (CHOCO): one "
+                         "message to and from every neighbour per iteration")
     COLLECTIVE = "a collective: the mean gradient of all nodes through one all-reduce"
     ASYNC = "asynchronous events: every node at its own pace, with the newest neighbour models it holds"
     PS = "parameter server: compressed gradients all-gathered, the server state replicated on every rank"
@@ -47,7 +50,8 @@ class Gradient(enum.Enum):
 
 
 # rule(x, mixed, w_self, grad, sizes) -> new x. ``mixed`` is sum_{j in N_i} w_ij z_j; for a collective
-# runner ``mixed`` and ``w_self`` are None and ``grad`` is already the mean over all nodes.
+# runner ``mixed`` and ``w_self`` are None and ``grad`` is already the mean over all nodes; for difference
+# gossip ``mixed`` is the public copies' consensus direction sum_{j in N_i} w_ij (x̂_j - x̂_i) (qtd.algorithms.choco).
 UpdateRule = Callable[["Tensor", Optional["Tensor"], "Tensor | float | None", "Tensor", StepSizes], "Tensor"]
 # consensus(mixed, w_self, x_sent, sizes) -> what the rule's consensus step adds to the model, applied after a
 # local optimizer step on x (the library wrapper's form, qtd.api): rule = optimizer step + consensus.
@@ -62,6 +66,7 @@ class AlgorithmSpec:
     gradient: Gradient
     rule: UpdateRule
     uses_eps: bool = False  # has a consensus step eps (algorithm.eps applies)
+    uses_gamma: bool = False  # has CHOCO's consensus step gamma (algorithm.gamma applies)
     allowed_bits: tuple[int, ...] = ALLOWED_BITS  # compression.bits of its messages; () when it sends none
     sends_float32_gradients: bool = False  # the collective moves float32 gradients, as DDP does
     consensus: Optional[ConsensusRule] = None  # the rule split as "optimizer step, then consensus" (None: it cannot be)
@@ -76,9 +81,10 @@ class AlgorithmSpec:
         into the user's optimizer step and a consensus step."""
         return self.runner is Runner.COLLECTIVE or (self.runner is Runner.GOSSIP and self.consensus is not None)
 
-    def step_sizes(self, schedule: str, alpha: float, eps: float, horizon: int) -> StepSizes:
-        """alpha (and eps, when the rule has a consensus step; 1 otherwise) for a run of ``horizon`` iterations."""
-        return step_sizes(schedule, alpha, eps if self.uses_eps else 1.0, horizon)
+    def step_sizes(self, schedule: str, alpha: float, eps: float, horizon: int, gamma: float = 1.0) -> StepSizes:
+        """alpha, and eps and gamma where the rule has them (1 otherwise), for a run of ``horizon`` iterations."""
+        sizes = step_sizes(schedule, alpha, eps if self.uses_eps else 1.0, horizon)
+        return replace(sizes, gamma=gamma) if self.uses_gamma else sizes
 
     def update(self, x: "Tensor", mixed: "Tensor | None", w_self: "Tensor | float | None", grad: "Tensor",
                sizes: StepSizes) -> "Tensor":
@@ -101,6 +107,10 @@ def _consensus(mixed, w_self, x_sent, sizes: StepSizes):
     return consensus_delta(mixed, w_self, x_sent, sizes.eps)  # eps = 1 for DSGD (its spec has no eps)
 
 
+def _difference_consensus(x, direction, w_self, grad, sizes: StepSizes):
+    return choco_update(x, direction, grad, sizes.alpha, sizes.gamma)
+
+
 def _ps_rule(x, mixed, w_self, grad, sizes):  # the server's AMSGrad step needs its state: see qtd.algorithms.amsgrad
     raise TypeError("parameter-server mode updates through amsgrad_step on the replicated server state")
 
@@ -114,6 +124,12 @@ QDSGD = AlgorithmSpec(
 DSGD = AlgorithmSpec(
     "dsgd", "x_i <- sum_j w_ij x_j - alpha g_i with 16- or 32-bit model copies, fixed batch B",
     Runner.GOSSIP, Gradient.FIXED_BATCH, _exact_consensus, allowed_bits=UNQUANTIZED_BITS, consensus=_consensus)
+CHOCO = AlgorithmSpec(
+    "choco", "CHOCO-SGD: compressed differences against public copies, consensus step gamma, fixed batch B",
+    Runner.DIFFERENCE_GOSSIP, Gradient.FIXED_BATCH, _difference_consensus, uses_gamma=True)
+QUANTIMED_CHOCO = AlgorithmSpec(
+    "quantimed_choco", "gradients until the deadline T_d, CHOCO's compressed differences on the wire",
+    Runner.DIFFERENCE_GOSSIP, Gradient.DEADLINE, _difference_consensus, uses_gamma=True)
 ASYNC_DSGD = AlgorithmSpec(
     "async_dsgd", "DSGD at each node's own pace with the newest model it holds from each neighbour",
     Runner.ASYNC, Gradient.FIXED_BATCH, _exact_consensus)
@@ -124,7 +140,8 @@ AMSGRAD_PS = AlgorithmSpec(
     "amsgrad_ps", "TopK / Block-Sign compressed gradients with error feedback, AMSGrad on replicated server state",
     Runner.PS, Gradient.FIXED_BATCH, _ps_rule, allowed_bits=())
 
-ALGORITHMS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in (QUANTIMED, QDSGD, DSGD, ASYNC_DSGD, ALLREDUCE_SGD)}
+ALGORITHMS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in (QUANTIMED, QDSGD, DSGD, ASYNC_DSGD, ALLREDUCE_SGD,
+                                                                     CHOCO, QUANTIMED_CHOCO)}
 NAMES = tuple(ALGORITHMS)  # what algorithm.name accepts (mode: decentralized)
 LIBRARY_NAMES = tuple(name for name, spec in ALGORITHMS.items() if spec.in_library)  # what qtd.Decentralized runs
 

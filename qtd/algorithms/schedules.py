@@ -10,10 +10,12 @@ from ..errors import ConfigError
 
 @dataclass(frozen=True)
 class StepSizes:
-    """alpha: gradient step; eps: consensus step (1 for unquantized DSGD)."""
+    """alpha: gradient step; eps: QuanTimed's consensus step (1 for unquantized DSGD); gamma: CHOCO's
+    consensus step on the public copies (1 where the rule has none)."""
 
     alpha: float
     eps: float
+    gamma: float = 1.0
 
 
 def step_sizes(schedule: str, alpha: float, eps: float, horizon: int) -> StepSizes:

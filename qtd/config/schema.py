@@ -153,6 +153,7 @@ class AlgorithmConfig:
     deadline_s: float = 0.5  # T_d, quantimed only
     alpha: float = 0.3  # schedule=paper: a0 in alpha = a0 / T^(1/6); schedule=constant: alpha itself
     eps: float = 15.0  # schedule=paper: e0 in eps = e0 / T^(1/2); constant: eps itself (quantized methods)
+    gamma: float = 0.3  # choco, quantimed_choco: the consensus step on the public copies, in (0, 1], constant
     schedule: str = "paper"
     overlap: bool = True  # exchange models while gradients are computed
     max_in_flight: int = 2  # async_dsgd: sends in flight per neighbour before a newer model replaces one
@@ -172,6 +173,8 @@ class AlgorithmConfig:
         _duration("algorithm.deadline_s", self.deadline_s)
         _positive("algorithm.alpha", self.alpha)
         _positive("algorithm.eps", self.eps)
+        if not 0 < self.gamma <= 1:
+            _fail("algorithm.gamma", self.gamma, "CHOCO's consensus step must be in (0, 1]")
         _choice("algorithm.schedule", self.schedule, SCHEDULES)
         if self.max_in_flight < 1:
             _fail("algorithm.max_in_flight", self.max_in_flight, "must be >= 1")

@@ -37,7 +37,8 @@ class NodeParts:
     @property
     def sizes(self) -> StepSizes:
         algo = self.config.algorithm
-        return self.spec.step_sizes(algo.schedule, algo.alpha, algo.eps, self.config.run.iterations)
+        return self.spec.step_sizes(algo.schedule, algo.alpha, algo.eps, self.config.run.iterations,
+                                     algo.gamma)
 
     @property
     def local(self) -> LocalSGD:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..algorithms import LocalOptimizer, Runner, consensus_error, mix_stack, spec_for
+from ..algorithms import LocalOptimizer, PublicCopies, Runner, consensus_error, mix_stack, spec_for
 from ..config import Config, ConfigError
 from ..costs import ring_allreduce_bytes
 from ..deadline import SpeedModel, deadline_samples
@@ -90,7 +90,9 @@ class Simulation:
         self.neighbour_mixing = mixing - torch.diag(self.self_weights)  # row i: w_ij for j in N_i, 0 elsewhere
         self.degrees = [len(self.topology.view(i).neighbours) for i in range(self.n)]
         algo, emu = config.algorithm, config.emulation
-        self.sizes = self.spec.step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations)
+        self.copies = (PublicCopies(self.models, self.self_weights) if self.spec.runner is Runner.DIFFERENCE_GOSSIP
+                       else None)
+        self.sizes = self.spec.step_sizes(algo.schedule, algo.alpha, algo.eps, config.run.iterations, algo.gamma)
         self.local = LocalOptimizer(algo.local_sgd(config.run.iterations), self.models)  # one row per node
         self.speeds = SpeedModel.from_config(emu, seed)
         self.time = TimeModel(emu.comm_time_s, emu.link_latency_s, self.n, self.numel, algo.overlap)
@@ -134,6 +136,9 @@ class Simulation:
             if spec.runner is Runner.COLLECTIVE:
                 new = spec.update(x, None, None, self.local.direction(grads.mean(dim=0, keepdim=True), x), sizes)
                 sent_per_node = [ring_allreduce_bytes(FLOAT32_BYTES * self.numel, n)] * n
+            elif spec.runner is Runner.DIFFERENCE_GOSSIP:
+                new = self._difference_gossip(x, self.local.direction(grads, x), t, decoded, sizes)
+                sent_per_node = [d * self.codec.nbytes for d in self.degrees]
             else:
                 self.codec.all(x, t, out=decoded)
                 new = spec.update(x, mix_stack(self.neighbour_mixing, decoded), self.self_weights,
@@ -151,6 +156,18 @@ class Simulation:
                 "train_loss": float(losses[i]) / counts[i] if counts[i] else float("nan"),
                 "compute_s": compute[i], "wait_s": step_s - compute[i], "bytes_sent": self.node_bytes[i],
                 "speed": speeds[i]})
+
+    def _difference_gossip(self, x: Tensor, direction: Tensor, t: int, decoded: Tensor, sizes) -> Tensor:
+        """Every node's difference-gossip step at once, in the order of the real step
+        (:class:`qtd.engine.steps.choco.DifferenceGossipStep`): with overlap the difference of x is sent while
+        the gradient is computed; without it, after the gradient half of the update."""
+        spec, copies, w_self = self.spec, self.copies, self.self_weights
+        if not self.config.algorithm.overlap:
+            x = spec.update(x, 0.0, w_self, direction, sizes)
+            direction = 0.0
+        self.codec.all(copies.difference(x), t, out=decoded)
+        copies.receive(decoded, mix_stack(self.neighbour_mixing, decoded))
+        return spec.update(x, copies.direction(), w_self, direction, sizes)
 
     def _run_sync(self, progress: Progress) -> int:
         run = self.config.run
@@ -273,6 +290,8 @@ class Simulation:
                                  "time_model": self.time.formula(spec), "alpha": self.sizes.alpha}
         if spec.uses_eps:
             extra["eps"] = self.sizes.eps
+        if spec.uses_gamma:
+            extra["gamma"] = self.sizes.gamma
         if spec.deadline_bound:
             per_micro = [algo.micro_batch_size / v for node in self.node_speeds for v in node]
             extra["deadline_overshoot_p99_s"] = 0.0  # a virtual node stops at floor(V T_d) samples, never late

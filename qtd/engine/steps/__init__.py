@@ -14,17 +14,20 @@ from ..cadence import IterationCadence, TrainingTimeCadence
 from .allreduce import AllReduceStep
 from .async_ import AsyncDSGDStep
 from .base import GradientSource, Step, StepStats, node_scalars, stats_from
+from .choco import DifferenceGossipStep
 from .gossip import GossipStep
 from .ps import PSStep, build_codec
 
 
-def _gossip(parts) -> GossipStep:
-    algo, config = parts.config.algorithm, parts.config
-    deadline = algo.deadline_s if parts.spec.deadline_bound else None
-    return GossipStep(parts.world, parts.spec, parts.flat, parts.gradients(algo.batch_size, deadline,
-                                                                            algo.micro_batch_size),
-                      parts.view, config.compression.bits, parts.sizes, algo.overlap, config.run.seed, parts.link,
-                      parts.local)
+def _gossip_of(step_class: type) -> Callable:
+    def build(parts):
+        algo, config = parts.config.algorithm, parts.config
+        deadline = algo.deadline_s if parts.spec.deadline_bound else None
+        return step_class(parts.world, parts.spec, parts.flat, parts.gradients(algo.batch_size, deadline,
+                                                                                algo.micro_batch_size),
+                          parts.view, config.compression.bits, parts.sizes, algo.overlap, config.run.seed,
+                          parts.link, parts.local)
+    return build
 
 
 def _collective(parts) -> AllReduceStep:
@@ -53,7 +56,8 @@ def _ps(parts) -> PSStep:
 
 # runner -> (step builder, cadence class)
 RUNNERS: dict[Runner, tuple[Callable, type]] = {
-    Runner.GOSSIP: (_gossip, IterationCadence),
+    Runner.GOSSIP: (_gossip_of(GossipStep), IterationCadence),
+    Runner.DIFFERENCE_GOSSIP: (_gossip_of(DifferenceGossipStep), IterationCadence),
     Runner.COLLECTIVE: (_collective, IterationCadence),
     Runner.ASYNC: (_async, TrainingTimeCadence),
     Runner.PS: (_ps, IterationCadence),
@@ -66,5 +70,5 @@ def build_step(parts) -> Step:
     return RUNNERS[parts.spec.runner][0](parts)
 
 
-__all__ = ["build_step", "AllReduceStep", "AsyncDSGDStep", "GossipStep", "GradientSource", "PSStep", "RUNNERS", "Step",
+__all__ = ["build_step", "AllReduceStep", "AsyncDSGDStep", "DifferenceGossipStep", "GossipStep", "GradientSource", "PSStep", "RUNNERS", "Step",
            "StepStats", "node_scalars", "stats_from"]

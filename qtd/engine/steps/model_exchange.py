@@ -38,6 +38,7 @@ class ModelExchange:
         self.exchange = NeighbourExchange(world, view.neighbours, sum(sizes), link)
         self._decoded = [torch.empty(numel, dtype=torch.float32, device=device) for numel, _ in self.parts]
         self._mixed = [torch.empty(numel, dtype=torch.float32, device=device) for numel, _ in self.parts]
+        self._own: list[Tensor] | None = None  # this node's own decoded messages, for difference gossip
 
     def post(self, tensors: Sequence[Tensor], iteration: int) -> PendingExchange:
         """Encode ``tensors`` (one per part, flat) as this node's messages of ``iteration`` and post the exchange."""
@@ -62,6 +63,18 @@ class ModelExchange:
         for part, out in enumerate(self._mixed):
             mix_neighbours(self._received(messages, part, pending.iteration), out=out)
         return self._mixed
+
+    def sent(self, iteration: int, part: int = 0) -> Tensor:
+        """This node's own message of ``iteration`` (posted by :meth:`post`), decoded as its neighbours decode it
+        (a reused buffer of its own: the mixed sums of :meth:`mixed` stay valid)."""
+        numel, bits = self.parts[part]
+        start, size = self._slices[part]
+        if self._own is None:
+            self._own = [torch.empty_like(buffer) for buffer in self._decoded]
+        _, values = decode_message(self.exchange.send_message[start:start + size], expected_bits=bits,
+                                   expected_count=numel, expected_sender=self.world.rank,
+                                   expected_iteration=iteration, out=self._own[part])
+        return values
 
     @property
     def bytes_sent(self) -> int:
