@@ -33,10 +33,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def ring_allreduce_bytes(nbytes: int, world: int) -> int:
-    return 0 if world == 1 else 2 * (world - 1) * nbytes // world
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(prog="_ddp_peer.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -63,7 +59,9 @@ def main() -> None:
     from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
     from torch.nn.parallel import DistributedDataParallel
 
-    from qtd.engine.problem import build_problem, evaluate_sum
+    from qtd.engine.points import evaluate_sum
+    from qtd.costs import ring_allreduce_bytes
+    from qtd.engine.problem import build_problem, module_seed
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=config.comm.timeout_s))
@@ -79,7 +77,7 @@ def main() -> None:
         ddp.register_comm_hook(state=None, hook=default_hooks.fp16_compress_hook)
     optimizer = torch.optim.SGD(ddp.parameters(), lr=algo.alpha)
     sampler = problem.node_sampler(rank, run.seed)
-    torch.manual_seed(run.seed * 7919 + rank)
+    torch.manual_seed(module_seed(run.seed, rank))  # as a qtd node seeds its module randomness
     shard = problem.eval_indices[rank::world]
     grad_bytes = sum(p.numel() for p in model.parameters()) * (2 if args.fp16_hook else 4)
     name = "ddp_fp16" if args.fp16_hook else "ddp"

@@ -270,7 +270,8 @@ def initial_loss(settings: dict[str, Any]) -> float:
     import torch
 
     from qtd.config import load_config
-    from qtd.engine.problem import build_problem, evaluate_sum
+    from qtd.engine.points import evaluate_sum
+    from qtd.engine.problem import build_problem
 
     regime = next(iter(settings["regimes"].values()))
     config = load_config(REPO / "configs" / "quickstart.yaml", base_overrides(settings, regime) + METHODS["ddp"])

@@ -1,4 +1,6 @@
 import gzip
+import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ from hypothesis import strategies as st
 from qtd.config import DataConfig
 from qtd.data import (ArrayDataset, DatasetSplits, NodeSampler, load_dataset, partition,
                       read_idx, write_idx)
-from qtd.errors import CheckpointError, DataError
+from qtd.errors import CheckpointError, ConfigError, DataError
 
 
 def balanced_labels(classes: int = 10, per_class: int = 500) -> torch.Tensor:
@@ -501,3 +503,76 @@ def test_datasets_and_samplers_work_on_the_node_device(device):
     reference = NodeSampler(splits.train, torch.arange(100), seed=0).sample(8)
     torch.testing.assert_close(inputs.cpu(), reference[0])
     assert torch.equal(labels.cpu(), reference[1])
+
+
+# ---------------------------------------------------------------------------------------------- classes, grayscale
+
+def _fake_cifar10(root, per_batch: int = 2100, test: int = 300) -> None:
+    """cifar-10-batches-py as torchvision reads it (pickled dicts of (N, 3072) uint8 rows, channel-major),
+    random pixels; the training batches hold classes 0 and 1 alternately and every 21st image of class 2."""
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+
+    def batch(count: int) -> dict:
+        labels = [2 if k % 21 == 20 else k % 2 for k in range(count)]
+        return {"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8), "labels": labels}
+
+    for k in range(1, 6):
+        (folder / f"data_batch_{k}").write_bytes(pickle.dumps(batch(per_batch)))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(test)))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+
+
+def _accept_generated_files(monkeypatch) -> None:
+    """torchvision checks CIFAR-10's files against the official MD5 sums, which generated files cannot have;
+    everything else (the pickles, the shapes, qtd's loading) is the real path."""
+    import torchvision.datasets.cifar as cifar
+
+    monkeypatch.setattr(cifar, "check_integrity", lambda *args, **kwargs: True)
+
+
+def test_classes_keep_and_relabel_and_grayscale_is_luma(tmp_path, monkeypatch):
+    _fake_cifar10(tmp_path)
+    _accept_generated_files(monkeypatch)
+    rgb = load_dataset(DataConfig(name="cifar10", root=str(tmp_path)))
+    assert rgb.input_shape == (3, 32, 32) and len(rgb.train) == 10500
+    both = load_dataset(DataConfig(name="cifar10", root=str(tmp_path), classes=(1, 0), grayscale=True))
+    assert both.input_shape == (1, 32, 32) and both.num_classes == 2 and len(both.train) == 10000
+    kept = rgb.train.labels != 2
+    assert torch.equal(both.train.labels, 1 - rgb.train.labels[kept])  # class 1 is listed first: label 0
+    r, g, b = rgb.train.x[kept][:, 0].float(), rgb.train.x[kept][:, 1].float(), rgb.train.x[kept][:, 2].float()
+    assert torch.equal(both.train.x[:, 0], (0.299 * r + 0.587 * g + 0.114 * b).round().to(torch.uint8))
+    inputs, _ = both.train.batch(torch.arange(len(both.train)))
+    assert abs(inputs.mean().item()) < 1e-3 and abs(inputs.std().item() - 1) < 1e-2  # standardised again
+    with pytest.raises(DataError, match=r"classes 0\.\.9, not 12"):
+        load_dataset(DataConfig(name="cifar10", root=str(tmp_path), classes=(0, 12)))
+    with pytest.raises(DataError, match="grayscale=true needs images"):
+        load_dataset(DataConfig(name="synthetic", grayscale=True))
+    with pytest.raises(ConfigError, match="data.classes"):
+        DataConfig(classes=(3, 3))
+
+
+def test_the_papers_cifar10_configs_run_on_generated_data_of_the_same_shape(tmp_path, monkeypatch):
+    from qtd.config import load_config
+    from qtd.sim import simulate
+
+    _fake_cifar10(tmp_path)
+    _accept_generated_files(monkeypatch)
+    paper = Path(__file__).resolve().parents[1] / "configs" / "paper" / "cifar10"
+    configs = sorted(paper.glob("*.yaml"))
+    assert [p.stem for p in configs] == ["async_dsgd", "dsgd", "qdsgd", "quantimed"]
+    for path in configs:
+        config = load_config(path, [f"data.root={tmp_path}", "run.iterations=2", "run.eval_every=2",
+                                    f"run.out_dir={tmp_path / path.stem}", "run.progress=false"])
+        assert config.data.classes == (0, 1) and config.data.grayscale and config.model.hidden == (30,)
+        result = simulate(config, write=False)
+        assert result.summary["nodes"] == 50 and result.summary["iterations"] >= 2
+        assert math.isfinite(result.summary["eval_loss"]), result.summary
+    quantimed = load_config(paper / "quantimed.yaml", [f"data.root={tmp_path}"])
+    from qtd.engine.problem import build_problem
+    problem = build_problem(quantimed)
+    assert sum(p.numel() for p in problem.template.parameters()) == 1024 * 30 + 30 + 30 * 2 + 2

@@ -224,6 +224,8 @@ class DataConfig:
     test_fraction: float = 0.2  # held-out share for datasets that have no test split of their own
     eval_on: str = "test"  # test: held-out data; train: all training data (the paper's training loss)
     eval_samples: int = 0  # 0: all of the evaluation set
+    classes: tuple[int, ...] = ()  # keep only these classes, relabelled 0, 1, ... in this order (): all
+    grayscale: bool = False  # RGB images -> one channel of luma (the paper's CIFAR-10 experiment)
 
     def __post_init__(self) -> None:
         if self.name not in BUILTIN_DATASETS and not _is_import_path(self.name):
@@ -236,6 +238,9 @@ class DataConfig:
             _fail("data.test_fraction", self.test_fraction, "must be in (0, 1)")
         _choice("data.eval_on", self.eval_on, ("test", "train"))
         _non_negative("data.eval_samples", self.eval_samples)
+        if self.classes and (len(self.classes) < 2 or len(set(self.classes)) != len(self.classes)
+                             or min(self.classes) < 0):
+            _fail("data.classes", list(self.classes), "give two or more different class ids >= 0 (or [] for all)")
         if self.name in ("mnist_idx",) and not self.root:
             _fail("data.root", self.root, "data.name=mnist_idx needs the directory of the IDX files")
 

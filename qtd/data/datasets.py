@@ -24,6 +24,7 @@ from ..echo import shown
 from ..errors import DataError
 from .arrays import ArrayDataset, DatasetSplits, split_single, standardised
 from .idx import read_idx
+from .subset import select
 
 SYNTHETIC_SAMPLES = 2000
 SYNTHETIC_FEATURES = 20
@@ -37,8 +38,12 @@ def load_dataset(config: DataConfig, seed: int = 0) -> DatasetSplits:
     """Load ``config.name`` as train/test splits of normalised in-memory data.
 
     ``seed`` fixes the held-out draw of single-split sources (and the synthetic data itself); every node
-    must pass the same one.
+    must pass the same one. ``data.classes`` and ``data.grayscale`` then apply (:mod:`qtd.data.subset`).
     """
+    return select(_load(config, seed), config.classes, config.grayscale)
+
+
+def _load(config: DataConfig, seed: int) -> DatasetSplits:
     name = config.name
     if name == "digits":
         return _digits(config, seed)
