@@ -63,7 +63,7 @@ def reference_models(config: Config, iterations: int, samples: list[list[int]] |
         else:
             new = []
             for i in range(n):
-                view = topology.view(i)
+                view = topology.view(i, t)
                 mixed = torch.zeros(flats[i].numel)
                 for j, w in zip(view.neighbours, view.neighbour_weights):
                     mixed.add_(decode_message(messages[j])[1], alpha=w)

@@ -29,6 +29,7 @@ SPEEDS = [15.0, 25.0, 35.0, 45.0]  # with T_d = 0.5 s: floor(V T_d) = 7, 12, 17,
 CASES = {
     "dsgd": ["algorithm.name=dsgd", "compression.bits=32"],
     "qdsgd": ["algorithm.name=qdsgd", "compression.bits=4"],
+    "one_peer": ["algorithm.name=qdsgd", "compression.bits=4", "topology.kind=one_peer_exponential"],
     "allreduce_sgd": ["algorithm.name=allreduce_sgd", "compression.bits=32"],
     "quantimed": ["algorithm.name=quantimed", "compression.bits=5", "emulation.stragglers=true",
                   "emulation.speed_distribution=fixed", f"emulation.speeds={SPEEDS}", "algorithm.deadline_s=0.5",

@@ -26,6 +26,8 @@ REQUIRED = {
     "sim_speed": ("iterations_per_s", "run_s", "vmap_speedup_over_loop"),
     "ps_compression": ("test_accuracy", "upload_bytes", "wire_bytes", "accuracy_gap_topk_ef",
                        "byte_reduction_topk_ef"),
+    "deep_gossip": ("final_consensus_error", "final_eval_accuracy", "consensus_ratio_quantimed_over_quantimed_choco",
+                    "accuracy_gap_vs_dsgd_points"),
 }
 
 
@@ -86,6 +88,17 @@ def test_readme_quotes_the_ps_compression_table():
                           ("blocksign_ef", "Block-Sign + error feedback")):
         assert re.search(rf"\| {re.escape(label)} \| {accuracy[method]:.2f}% \|", README), method
     assert f"{data['byte_reduction_topk_ef']:.1f}× less" in README
+
+
+def test_readme_quotes_the_deep_gossip_table():
+    data = summary("deep_gossip")
+    accuracy, consensus = data["final_eval_accuracy"], data["final_consensus_error"]
+    for method, label in (("dsgd_32bit", "DSGD"), ("quantimed_choco_2bit", "**QuanTimed-CHOCO** (γ = 0.3)")):
+        assert re.search(rf"\| {re.escape(label)} \| \d+ \| [^|]+ \| {100 * accuracy[method]:.1f}% \|", README), method
+    assert f"| **{consensus['quantimed_choco_2bit']:.2f}** |" in README
+    assert f"stay {data['consensus_ratio_quantimed_over_quantimed_choco']:.0f}x closer" in README
+    assert f"within {data['accuracy_gap_vs_dsgd_points']:.1f} points" in README
+    assert data["chosen_settings"]["quantimed_choco_2bit"] == ["algorithm.gamma=0.3"]
 
 
 def test_paper_reproduction_quick_runs_end_to_end(tmp_path, mnist_dir):

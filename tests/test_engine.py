@@ -12,6 +12,7 @@ from torch.testing import assert_close
 from qtd.algorithms import get_spec
 from qtd.config import load_config
 from qtd.metrics import read_jsonl
+from qtd.topology import build_topology
 from tests.harness import REPO, collect, run_qtd, start_ranks
 from tests.reference import reference_models
 
@@ -55,6 +56,8 @@ PACED = ["emulation.stragglers=true", "emulation.speed_distribution=fixed",
     ("quantimed", ["compression.bits=5", *PACED]),
     ("choco", ["compression.bits=2", "algorithm.gamma=0.4", "algorithm.overlap=false"]),  # CHOCO-SGD's own order
     ("quantimed_choco", ["compression.bits=2", "algorithm.gamma=0.4", *PACED]),
+    ("qdsgd", ["compression.bits=3", "topology.kind=one_peer_exponential"]),  # a new peer every iteration
+    ("quantimed", ["compression.bits=4", "topology.kind=random_matching", "topology.seed=3", *PACED]),
 ])
 def test_real_run_reproduces_the_single_process_reference(tmp_path, algorithm, extra):
     overrides = SMALL + [f"algorithm.name={algorithm}", "run.iterations=4", "algorithm.overlap=true", *extra]
@@ -73,7 +76,10 @@ def test_real_run_reproduces_the_single_process_reference(tmp_path, algorithm, e
     if algorithm != "allreduce_sgd":
         from qtd.compress import message_nbytes
         numel = expected[0].numel()
-        assert summary["bytes_sent"] == 4 * 2 * 4 * message_nbytes(numel, config.compression.bits)
+        topology = build_topology(config.topology)
+        messages = sum(len(topology.view(i, t).neighbours) for i in range(4) for t in range(4))
+        assert messages == (4 * 4 if topology.rounds else 4 * 2 * 4)  # one peer per iteration, or the ring's two
+        assert summary["bytes_sent"] == messages * message_nbytes(numel, config.compression.bits)
 
 
 def test_quickstart_trains_to_90_percent_and_writes_the_run_directory(tmp_path):

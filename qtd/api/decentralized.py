@@ -91,14 +91,14 @@ class Decentralized:
         if topology.nodes != world.size:
             _fail("topology.nodes", topology.nodes, f"this process group has {world.size} processes")
         self.topology = build_topology(topology)
-        self.view = self.topology.view(world.rank)
+        self.views = self.topology.views(world.rank)  # one per iteration of a time-varying topology's period
         self.sizes = spec.step_sizes("constant", 1.0, eps, 1)  # eps, or 1 when the rule has no consensus step
         self.timer = DeadlineTimer(deadline_s, 1, world.device) if spec.deadline_bound else None
         device = self.params[0].device
         parts = [(self.param_vector.numel, self.bits)]
         if self.buffer_vector:
             parts.append((self.buffer_vector.numel, 32))
-        self.exchange = ModelExchange(world, self.view, parts, seed, device) if self.gossip else None
+        self.exchange = ModelExchange(world, self.views, parts, seed, device) if self.gossip else None
         self.x_sent = torch.zeros(self.param_vector.numel, dtype=torch.float32, device=device)
         self.b_sent = torch.zeros(self.buffer_vector.numel, dtype=torch.float32, device=device)
         self.iteration = 0
@@ -231,9 +231,10 @@ class Decentralized:
         if self.gossip:
             mixed = self._mixed if self._mixed is not None else self.exchange.mixed(self._pending)
             self._pending = self._mixed = None
-            self.param_vector.add_(self.spec.consensus(mixed[0], self.view.self_weight, self.x_sent, self.sizes))
+            w_self = self.exchange.view(rnd.iteration).self_weight
+            self.param_vector.add_(self.spec.consensus(mixed[0], w_self, self.x_sent, self.sizes))
             if self.buffer_vector:
-                self.buffer_vector.add_(consensus_delta(mixed[1], self.view.self_weight, self.b_sent, 1.0))
+                self.buffer_vector.add_(consensus_delta(mixed[1], w_self, self.b_sent, 1.0))
         elif self.buffer_vector:  # all-reduce SGD: the buffers' mean, as DDP keeps them in step
             flat = self.buffer_vector.gather()
             all_reduce_sum(flat, self.world, f"buffer all-reduce at round {rnd.iteration}")

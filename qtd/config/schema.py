@@ -18,7 +18,9 @@ from ..formats import ALLOWED_BITS, QUANTIZED_BITS
 from ..echo import shown
 
 MODES = ("decentralized", "ps")
-TOPOLOGIES = ("ring", "torus", "complete", "star", "exponential", "erdos_renyi", "file")
+TOPOLOGIES = ("ring", "torus", "complete", "star", "exponential", "erdos_renyi", "file", "one_peer_exponential",
+              "random_matching")
+TIME_VARYING_TOPOLOGIES = ("one_peer_exponential", "random_matching")  # a new W every iteration
 WEIGHTS = ("laplacian", "metropolis")
 SCHEDULES = ("paper", "constant")
 PARTITIONS = ("contiguous", "iid", "dirichlet")
@@ -128,9 +130,12 @@ class TopologyConfig:
     weights: str = "laplacian"  # laplacian: W = I - L/kappa; metropolis: Metropolis-Hastings
     kappa: float | None = None  # None: max degree + 2 (the paper's choice)
     path: str = ""  # edge-list file for kind=file
+    period: int = 8  # random_matching: matchings drawn (with topology.seed) before the schedule repeats
 
     def __post_init__(self) -> None:
         _choice("topology.kind", self.kind, TOPOLOGIES)
+        if not 1 <= self.period <= 4096:
+            _fail("topology.period", self.period, "must be in 1..4096 (random_matching: rounds per period)")
         if not 1 <= self.nodes <= MAX_NODES:
             _fail("topology.nodes", self.nodes, f"must be in 1..{MAX_NODES} (one process per node)")
         if not 0 < self.p <= 1:
@@ -376,6 +381,11 @@ class Config:
             _fail("algorithm.eps", self.algorithm.eps,
                   "with algorithm.schedule=constant the consensus step must be in (0, 1] "
                   "(with schedule=paper it is e0 in eps = e0 / sqrt(T))")
+        if (self.mode == "decentralized" and self.topology.kind in TIME_VARYING_TOPOLOGIES
+                and spec.runner in (Runner.ASYNC, Runner.DIFFERENCE_GOSSIP)):
+            _fail("topology.kind", self.topology.kind,
+                  f"a new mixing matrix every iteration runs with the synchronous gossip algorithms (quantimed, "
+                  f"qdsgd, dsgd), not {spec.name}; use a static graph (e.g. topology.kind=exponential)")
         if self.mode == "decentralized" and spec.runner is Runner.ASYNC and self.emulation.stragglers:
             emu, timeout = self.emulation, self.comm.timeout_s
             slowest = min(emu.speeds) if emu.speed_distribution == "fixed" and emu.speeds else emu.speed_low

@@ -31,8 +31,13 @@ class NodeParts:
 
     @cached_property
     def view(self) -> NodeView:
-        """This node's neighbours and mixing weights."""
-        return build_topology(self.config.topology).view(self.world.rank)
+        """This node's neighbours and mixing weights (of the first iteration, for a time-varying topology)."""
+        return self.views[0]
+
+    @cached_property
+    def views(self) -> tuple[NodeView, ...]:
+        """This node's neighbours and mixing weights in each iteration of the topology's period."""
+        return build_topology(self.config.topology).views(self.world.rank)
 
     @property
     def sizes(self) -> StepSizes:

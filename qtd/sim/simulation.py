@@ -85,10 +85,10 @@ class Simulation:
         start = self.problem.new_flat_model(self.device).params.detach()
         self.numel = start.numel()
         self.models = start.unsqueeze(0).repeat(self.n, 1).contiguous()
-        mixing = torch.tensor(self.topology.mixing, dtype=torch.float32, device=self.device)
-        self.self_weights = mixing.diagonal().clone()
-        self.neighbour_mixing = mixing - torch.diag(self.self_weights)  # row i: w_ij for j in N_i, 0 elsewhere
-        self.degrees = [len(self.topology.view(i).neighbours) for i in range(self.n)]
+        # per iteration of the topology's period (one round for a static graph): row i of the neighbour
+        # mixing is w_ij for j in N_i and 0 elsewhere; the degrees count the messages each node sends
+        self.rounds = [self._round(t) for t in range(self.topology.period)]
+        self.neighbour_mixing, self.self_weights, self.degrees = self.rounds[0]
         algo, emu = config.algorithm, config.emulation
         self.copies = (PublicCopies(self.models, self.self_weights) if self.spec.runner is Runner.DIFFERENCE_GOSSIP
                        else None)
@@ -111,6 +111,12 @@ class Simulation:
         self.diverged_at: int | None = None
         self.stop_at_loss = stop_at_loss  # sweeps: stop at the first evaluation at or below this loss
         self.reached_target = False
+
+    def _round(self, t: int) -> tuple[Tensor, Tensor, list[int]]:
+        mixing = torch.tensor(self.topology.mixing_at(t), dtype=torch.float32, device=self.device)
+        self_weights = mixing.diagonal().clone()
+        degrees = [len(self.topology.view(i, t).neighbours) for i in range(self.n)]
+        return mixing - torch.diag(self_weights), self_weights, degrees
 
     # -- synchronous runners (gossip, collective) ---------------------------------------------------------
 
@@ -141,9 +147,10 @@ class Simulation:
                 sent_per_node = [d * self.codec.nbytes for d in self.degrees]
             else:
                 self.codec.all(x, t, out=decoded)
-                new = spec.update(x, mix_stack(self.neighbour_mixing, decoded), self.self_weights,
+                neighbour_mixing, self_weights, degrees = self.rounds[t % len(self.rounds)]
+                new = spec.update(x, mix_stack(neighbour_mixing, decoded), self_weights,
                                   self.local.direction(grads, x), sizes)
-                sent_per_node = [d * self.codec.nbytes for d in self.degrees]
+                sent_per_node = [d * self.codec.nbytes for d in degrees]
             x.copy_(new)
         self.time_s += step_s
         self.bytes_sent += sum(sent_per_node)

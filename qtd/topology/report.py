@@ -42,6 +42,8 @@ def topology_report(topology: Topology, config: TopologyConfig) -> str:
         f"beta          {topology.beta:.6f}  (max |lambda_2|, |lambda_n| of W)",
         f"spectral gap  {topology.spectral_gap:.6f}  (1 - beta)",
     ]
+    if topology.rounds:
+        return "\n".join(lines[:3] + _schedule_lines(topology))
     if topology.nodes <= MAX_NODES_LISTED:
         lines.append("node  w_ii    neighbour: w_ij")
         for rank in range(topology.nodes):
@@ -49,3 +51,18 @@ def topology_report(topology: Topology, config: TopologyConfig) -> str:
             pairs = "  ".join(f"{j}: {w:.4f}" for j, w in zip(view.neighbours, view.neighbour_weights))
             lines.append(f"{rank:>4}  {view.self_weight:.4f}  {pairs}".rstrip())
     return "\n".join(lines)
+
+
+def _schedule_lines(topology: Topology) -> list[str]:
+    """A time-varying topology: its rounds (each node's one peer) and one period's contraction."""
+    n = topology.nodes
+    lines = [f"period        {topology.period} rounds (iteration t mixes with round t mod {topology.period}); "
+             f"every node sends at most one message per iteration",
+             f"weights       1/2 between the two nodes of a pair and on their diagonal, 1 for a node without a peer",
+             f"beta          {topology.beta:.6f}  (||W_last ... W_0 - J/n||_2 over one period)",
+             f"spectral gap  {topology.spectral_gap:.6f}  (1 - beta; 1: one period averages exactly)"]
+    for k in range(min(topology.period, MAX_NODES_LISTED)):
+        peers = [topology.view(i, k).neighbours for i in range(min(n, MAX_NODES_LISTED))]
+        listed = " ".join(f"{i}-{p[0]}" if p else f"{i}-" for i, p in enumerate(peers) if not p or i < p[0])
+        lines.append(f"round {k:<7} {listed}{' ...' if n > MAX_NODES_LISTED else ''}")
+    return lines

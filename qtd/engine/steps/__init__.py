@@ -25,7 +25,7 @@ def _gossip_of(step_class: type) -> Callable:
         deadline = algo.deadline_s if parts.spec.deadline_bound else None
         return step_class(parts.world, parts.spec, parts.flat, parts.gradients(algo.batch_size, deadline,
                                                                                 algo.micro_batch_size),
-                          parts.view, config.compression.bits, parts.sizes, algo.overlap, config.run.seed,
+                          parts.views, config.compression.bits, parts.sizes, algo.overlap, config.run.seed,
                           parts.link, parts.local)
     return build
 

@@ -6,7 +6,7 @@ as the spec says."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -28,8 +28,12 @@ class DifferenceGossipStep(Step):
     """
 
     def __init__(self, world: World, spec: AlgorithmSpec, flat: FlatModel, gradients: GradientSource,
-                 view: NodeView, bits: int, sizes: StepSizes, overlap: bool, seed: int,
+                 views: NodeView | Sequence[NodeView], bits: int, sizes: StepSizes, overlap: bool, seed: int,
                  link: LinkModel | None = None, local: LocalSGD = LocalSGD()) -> None:
+        views = (views,) if isinstance(views, NodeView) else tuple(views)
+        if len(views) != 1:  # the config refuses it first: public copies are of one fixed set of neighbours
+            raise ValueError(f"{spec.name} keeps public copies of fixed neighbours: it needs a static topology")
+        view = views[0]
         self.world, self.spec, self.flat, self.gradients, self.view = world, spec, flat, gradients, view
         self.sizes, self.overlap = sizes, overlap
         self.exchange = ModelExchange(world, view, [(flat.numel, bits)], seed, flat.params.device, link)

@@ -5,7 +5,7 @@ apply the spec's update rule. What differs between those algorithms is all in th
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -26,11 +26,12 @@ class GossipStep(Step):
     """
 
     def __init__(self, world: World, spec: AlgorithmSpec, flat: FlatModel, gradients: GradientSource,
-                 view: NodeView, bits: int, sizes: StepSizes, overlap: bool, seed: int,
+                 views: NodeView | Sequence[NodeView], bits: int, sizes: StepSizes, overlap: bool, seed: int,
                  link: LinkModel | None = None, local: LocalSGD = LocalSGD()) -> None:
-        self.world, self.spec, self.flat, self.gradients, self.view = world, spec, flat, gradients, view
+        self.world, self.spec, self.flat, self.gradients = world, spec, flat, gradients
         self.bits, self.sizes, self.overlap, self.seed = bits, sizes, overlap, seed
-        self.exchange = ModelExchange(world, view, [(flat.numel, bits)], seed, flat.params.device, link)
+        # one view per iteration of a period: a time-varying topology changes the peers every iteration
+        self.exchange = ModelExchange(world, views, [(flat.numel, bits)], seed, flat.params.device, link)
         self.local = LocalOptimizer(local, flat.params)
 
     def step(self, iteration: int) -> StepStats:
@@ -46,7 +47,7 @@ class GossipStep(Step):
             result, speed = self.gradients.compute(iteration)
         with torch.no_grad():
             direction = self.local.direction(self.flat.grads, x)
-            x.copy_(self.spec.update(x, mixed, self.view.self_weight, direction,
+            x.copy_(self.spec.update(x, mixed, self.exchange.view(iteration).self_weight, direction,
                                      self.local.sizes(self.sizes, iteration)))
         return stats_from(result, speed, self.exchange.wait_s - wait_before, time.monotonic() - start)
 

@@ -29,37 +29,53 @@ class ModelExchange:
     alone; the library wrapper may add the model's float buffers (BatchNorm statistics) at 32 bits.
     """
 
-    def __init__(self, world: World, view: NodeView, parts: Sequence[tuple[int, int]], seed: int,
-                 device: torch.device, link: LinkModel | None = None) -> None:
-        self.world, self.view, self.seed = world, view, seed
+    def __init__(self, world: World, views: NodeView | Sequence[NodeView], parts: Sequence[tuple[int, int]],
+                 seed: int, device: torch.device, link: LinkModel | None = None) -> None:
+        self.world, self.seed = world, seed
+        # one view per iteration of a period (a time-varying topology: iteration t uses views[t % period])
+        self.views = (views,) if isinstance(views, NodeView) else tuple(views)
         self.parts = [(int(numel), int(bits)) for numel, bits in parts]
         sizes = [message_nbytes(numel, bits) for numel, bits in self.parts]
         self._slices = [(sum(sizes[:k]), size) for k, size in enumerate(sizes)]
-        self.exchange = NeighbourExchange(world, view.neighbours, sum(sizes), link)
+        by_peers: dict[tuple[int, ...], NeighbourExchange] = {}  # rounds with the same peers share buffers
+        for view in self.views:
+            if view.neighbours not in by_peers:
+                by_peers[view.neighbours] = NeighbourExchange(world, view.neighbours, sum(sizes), link)
+        self._rounds = [by_peers[view.neighbours] for view in self.views]
+        self._exchanges = list(by_peers.values())
         self._decoded = [torch.empty(numel, dtype=torch.float32, device=device) for numel, _ in self.parts]
         self._mixed = [torch.empty(numel, dtype=torch.float32, device=device) for numel, _ in self.parts]
         self._own: list[Tensor] | None = None  # this node's own decoded messages, for difference gossip
 
+    def view(self, iteration: int) -> NodeView:
+        """This node's neighbours and weights at ``iteration``."""
+        return self.views[iteration % len(self.views)]
+
+    def _exchange(self, iteration: int) -> NeighbourExchange:
+        return self._rounds[iteration % len(self._rounds)]
+
     def post(self, tensors: Sequence[Tensor], iteration: int) -> PendingExchange:
         """Encode ``tensors`` (one per part, flat) as this node's messages of ``iteration`` and post the exchange."""
-        send = self.exchange.send_message
+        exchange = self._exchange(iteration)
+        send = exchange.send_message
         for tensor, (numel, bits), (start, size) in zip(tensors, self.parts, self._slices):
             encode_message(tensor.detach(), bits, self.world.rank, iteration, seed=self.seed,
                            out=send[start:start + size])
-        return self.exchange.start(iteration)
+        return exchange.start(iteration)
 
     def _received(self, messages: dict[int, Tensor], part: int, iteration: int) -> Iterator[tuple[Tensor, float]]:
         numel, bits = self.parts[part]
         start, size = self._slices[part]
         decoded = self._decoded[part]
-        for j, weight in zip(self.view.neighbours, self.view.neighbour_weights):
+        view = self.view(iteration)
+        for j, weight in zip(view.neighbours, view.neighbour_weights):
             decode_message(messages[j][start:start + size], expected_bits=bits, expected_count=numel,
                            expected_sender=j, expected_iteration=iteration, out=decoded)
             yield decoded, weight
 
     def mixed(self, pending: PendingExchange) -> list[Tensor]:
         """Wait for the exchange (bounded by comm.timeout_s); per part, sum_{j in N_i} w_ij z_j (reused buffers)."""
-        messages = self.exchange.wait(pending)
+        messages = self._exchange(pending.iteration).wait(pending)
         for part, out in enumerate(self._mixed):
             mix_neighbours(self._received(messages, part, pending.iteration), out=out)
         return self._mixed
@@ -71,7 +87,7 @@ class ModelExchange:
         start, size = self._slices[part]
         if self._own is None:
             self._own = [torch.empty_like(buffer) for buffer in self._decoded]
-        _, values = decode_message(self.exchange.send_message[start:start + size], expected_bits=bits,
+        _, values = decode_message(self._exchange(iteration).send_message[start:start + size], expected_bits=bits,
                                    expected_count=numel, expected_sender=self.world.rank,
                                    expected_iteration=iteration, out=self._own[part])
         return values
@@ -79,17 +95,26 @@ class ModelExchange:
     @property
     def bytes_sent(self) -> int:
         """Bytes this node sent so far, headers included."""
-        return self.exchange.sent.total
+        return sum(exchange.sent.total for exchange in self._exchanges)
 
     @property
     def wait_s(self) -> float:
         """Seconds spent blocked in :meth:`mixed` so far (emulated link delay included)."""
-        return self.exchange.wait_s
+        return sum(exchange.wait_s for exchange in self._exchanges)
+
+    @property
+    def _peers(self) -> list[int]:
+        """Every node this one exchanges with in some round, ascending."""
+        return sorted({j for view in self.views for j in view.neighbours})
 
     def state_dict(self) -> dict[str, Any]:
-        return {"bytes_per_edge": torch.tensor([self.exchange.sent.per_edge[j] for j in self.view.neighbours],
-                                               dtype=torch.int64)}
+        per_edge = [sum(exchange.sent.per_edge.get(j, 0) for exchange in self._exchanges) for j in self._peers]
+        return {"bytes_per_edge": torch.tensor(per_edge, dtype=torch.int64)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for j, count in zip(self.view.neighbours, state["bytes_per_edge"].tolist()):
-            self.exchange.sent.per_edge[j] = int(count)
+        for exchange in self._exchanges:
+            for j in exchange.sent.per_edge:
+                exchange.sent.per_edge[j] = 0
+        for j, count in zip(self._peers, state["bytes_per_edge"].tolist()):
+            first = next(exchange for exchange in self._exchanges if j in exchange.sent.per_edge)
+            first.sent.per_edge[j] = int(count)
