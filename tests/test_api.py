@@ -124,6 +124,13 @@ def test_an_engine_run_checkpoints_batchnorm_statistics_and_averages_them_into_m
     saved = torch.load(out / "model.pt", weights_only=True)
     assert_close(saved["2.running_mean"], means.double().mean(dim=0).float(), rtol=0, atol=1e-7)
     assert int(saved["2.num_batches_tracked"]) == 5
+    # the run's own evaluation used those averaged statistics too: it is model.pt's loss on the eval set
+    from qtd.engine.points import evaluate_sum
+    problem = build_problem(load_config(out / "config.yaml"))
+    problem.template.load_state_dict(saved)
+    loss_sum, _, count = evaluate_sum(problem.template, problem.eval_set, problem.eval_indices, torch.device("cpu"))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["eval_loss"] == pytest.approx(loss_sum / count, rel=1e-4)
     result = run_qtd(["export", str(out), "-o", str(tmp_path / "bn.pt")], timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     exported = torch.load(tmp_path / "bn.pt", weights_only=True)

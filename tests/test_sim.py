@@ -268,3 +268,19 @@ def test_simulator_and_real_engine_reach_the_same_models(tmp_path, algorithm, ex
     assert result.summary["bytes_sent"] == real_summary["bytes_sent"]
     assert set(real_summary) <= set(result.summary)
     assert result.summary["eval_loss"] == pytest.approx(real_summary["eval_loss"], rel=1e-4)
+
+
+def test_a_batchnorm_models_evaluation_uses_the_nodes_mean_statistics_as_model_pt_does(tmp_path):
+    from qtd.engine.points import evaluate_sum
+    from qtd.engine.problem import build_problem
+
+    config = load_config("configs/quickstart.yaml", SMALL + [
+        "algorithm.name=dsgd", "compression.bits=32", "run.iterations=5", "run.eval_every=5",
+        "model.name=tests.api_workers:make_batchnorm_model", f"run.out_dir={tmp_path / 'bn'}"])
+    result = simulate(config)
+    saved = torch.load(tmp_path / "bn" / "model.pt", weights_only=True)
+    problem = build_problem(config)
+    assert not torch.equal(saved["2.running_mean"], problem.template.state_dict()["2.running_mean"])
+    problem.template.load_state_dict(saved)
+    loss_sum, _, count = evaluate_sum(problem.template, problem.eval_set, problem.eval_indices, torch.device("cpu"))
+    assert result.summary["eval_loss"] == pytest.approx(loss_sum / count, rel=1e-4)

@@ -62,6 +62,22 @@ class Evaluator:
             average.div_(world.size)
             module = self.average.module
         sent = ring_allreduce_bytes(x.numel() * x.element_size(), world.size)
+        if not self.replicated:
+            sent += self._average_buffers(flat, what)
         deviation = float(((x - average) ** 2).sum())
         loss_sum, correct, count = evaluate_sum(module, self.eval_set, self.shard, world.device)
         return {"deviation": deviation, "loss_sum": loss_sum, "correct": correct, "count": count}, sent
+
+    def _average_buffers(self, flat: FlatModel, what: str) -> int:
+        """The nodes' mean float buffers (BatchNorm's running statistics) into the evaluated average model, so
+        it is evaluated with the statistics model.pt holds, not the initial ones; the bytes this node sent."""
+        pairs = [(mine, theirs) for mine, theirs in zip(flat.module.buffers(), self.average.module.buffers())
+                 if mine.is_floating_point()]
+        if not pairs:
+            return 0
+        total = torch.cat([mine.detach().reshape(-1).to(torch.float32) for mine, _ in pairs])
+        all_reduce_sum(total, self.world, f"{what} (buffers)")
+        total.div_(self.world.size)
+        for (_, theirs), piece in zip(pairs, total.split([mine.numel() for mine, _ in pairs])):
+            theirs.copy_(piece.view_as(theirs))
+        return ring_allreduce_bytes(total.numel() * total.element_size(), self.world.size)

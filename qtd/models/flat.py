@@ -46,8 +46,8 @@ class FlatModel:
                               f"move the whole module to one device before wrapping it")
         if any(getattr(m, "track_running_stats", False) for m in module.modules()):
             warnings.warn(f"{type(module).__name__} has BatchNorm running statistics: they are buffers, not "
-                          f"parameters, so nodes never exchange them while training (model.pt averages them at "
-                          f"the end); prefer GroupNorm/LayerNorm, or qtd.Decentralized, which mixes them",
+                          f"parameters, so nodes never exchange them while training (evaluations and model.pt "
+                          f"use their average); prefer GroupNorm/LayerNorm, or qtd.Decentralized, which mixes them",
                           stacklevel=2)
         device = devices.pop()
         self.numel = sum(p.numel() for p in self._parameters)

@@ -98,8 +98,10 @@ class Simulation:
         self.time = TimeModel(emu.comm_time_s, emu.link_latency_s, self.n, self.numel, algo.overlap)
         self.bits = config.compression.bits
         self.codec = MessageCodec(self.numel, self.bits, seed, self.device)
-        self.evaluator = problem_evaluator(self.problem, self.device)
-        self.bytes_per_evaluation = self.n * ring_allreduce_bytes(FLOAT32_BYTES * self.numel, self.n)
+        self.evaluator = problem_evaluator(self.problem, self.device, getattr(self.gradients, "flats", ()))
+        buffer_numel = sum(b.numel() for b in self.problem.template.buffers() if b.is_floating_point())
+        self.bytes_per_evaluation = self.n * (ring_allreduce_bytes(FLOAT32_BYTES * self.numel, self.n) + (
+            ring_allreduce_bytes(FLOAT32_BYTES * buffer_numel, self.n) if buffer_numel else 0))  # as real runs
         self.recorder = SimRecorder(config, write=write, node_logs=node_logs)
         self.show_progress = config.run.progress if progress is None else progress
         self.time_s, self.bytes_sent, self.evaluations = 0.0, 0, 0
@@ -314,14 +316,20 @@ class Simulation:
                              wall_s=wall_s, extra=extra)
 
 
-def problem_evaluator(problem, device: torch.device):
+def problem_evaluator(problem, device: torch.device, flats=()):
     """In one process: the loss and accuracy of the nodes' average model on the whole evaluation set, and
-    the consensus error; NaN for all three when a model holds non-finite values."""
+    the consensus error; NaN for all three when a model holds non-finite values. When the nodes run real
+    modules (``flats``, :class:`LoopGradients`), the average model has their mean float buffers (BatchNorm's
+    running statistics), as in real runs."""
     average = problem.new_flat_model(device)
+    node_buffers = [[b for b in f.module.buffers() if b.is_floating_point()] for f in flats]
+    buffers = [b for b in average.module.buffers() if b.is_floating_point()]
 
     def evaluate(models: Tensor) -> tuple[float, float, float]:
         with torch.no_grad():
             average.params.copy_(models.mean(dim=0))
+            for k, target in enumerate(buffers if node_buffers else ()):
+                target.copy_(torch.stack([node[k] for node in node_buffers]).mean(dim=0))
         if not bool(torch.isfinite(average.params).all()):
             return float("nan"), float("nan"), float("nan")
         loss_sum, correct, count = evaluate_sum(average.module, problem.eval_set, problem.eval_indices, device)
