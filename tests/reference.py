@@ -9,6 +9,7 @@ import torch
 
 from qtd.algorithms import Runner, StepSizes, get_spec, scheduled_lr
 from qtd.compress import decode_message, encode_message
+from qtd.compress.message_codec import difference_codec
 from qtd.config import Config
 from qtd.engine.problem import build_problem, make_gradient_step
 from qtd.topology import build_topology
@@ -99,7 +100,13 @@ def _choco_iteration(config: Config, topology, flats, copies, t: int, sizes: Ste
     x = [f.params.detach().clone() for f in flats]
     if not overlap:
         x = [x[i] - sizes.alpha * directions[i] for i in range(n)]
-    q = [decode_message(encode_message(x[i] - copies[i][i], bits, i, t, seed=seed))[1] for i in range(n)]
+    compression = config.compression
+    codec = difference_codec(compression.differences, x[0], bits, compression.k_ratio, seed)  # grid: encode_message
+    q = []
+    for i in range(n):
+        message = torch.empty(codec.message_nbytes, dtype=torch.uint8)
+        codec.encode(x[i] - copies[i][i], i, t, out=message)
+        q.append(codec.decode(message, i, t, out=torch.empty(flats[i].numel)))
     for i in range(n):
         for j in copies[i]:
             copies[i][j] += q[j]

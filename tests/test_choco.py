@@ -137,3 +137,45 @@ def test_a_resumed_choco_run_ends_where_an_uninterrupted_one_ends(tmp_path):
         assert torch.equal(got["params"], want["params"]), rank
     assert json.loads((cut / "summary.json").read_text())["eval_loss"] == pytest.approx(
         json.loads((whole / "summary.json").read_text())["eval_loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("kind, k_ratio", [("topk", 0.05), ("sign", 0.0)])
+def test_topk_and_sign_differences_also_reach_consensus(kind, k_ratio):
+    """CHOCO with a biased compressor (TopK of 5% of the elements, or mean |d| * sign(d)): pure gossip on a
+    ring of 6 still converges to the preserved mean, since each difference carries the last one's error."""
+    from qtd.compress.message_codec import difference_codec
+
+    n, p = 6, 400
+    topology = build_topology(load_config(None, ["topology.kind=ring", f"topology.nodes={n}"]).topology)
+    views = [topology.view(i) for i in range(n)]
+    torch.manual_seed(1)
+    start = torch.randn(n, p)
+    x = start.clone()
+    codec = difference_codec(kind, x[0], 32, k_ratio or 0.01, seed=0)
+    assert codec.message_nbytes < p * 4 // 4  # under a quarter of a float32 copy
+    copies = [PublicCopies(x[i], views[i].self_weight) for i in range(n)]
+    spec = get_spec("choco")
+    sizes = spec.step_sizes("constant", 0.1, 1.0, 10, gamma=0.2)
+    message = torch.empty(codec.message_nbytes, dtype=torch.uint8)
+    for t in range(1500):
+        q = []
+        for i in range(n):
+            codec.encode(copies[i].difference(x[i]), i, t, out=message)
+            q.append(codec.decode(message, i, t, out=torch.empty(p)))
+        x = torch.stack([_receive_and_step(copies[i], views[i], q, x[i], spec, sizes) for i in range(n)])
+    assert_close(x.mean(dim=0), start.mean(dim=0), rtol=1e-3, atol=1e-3)
+    assert consensus_error(x) < 1e-3 * consensus_error(start), consensus_error(x)
+
+
+def _receive_and_step(copies, view, q, x, spec, sizes):
+    copies.receive(q[view.rank], mix_neighbours(zip((q[j] for j in view.neighbours), view.neighbour_weights),
+                                                out=torch.empty_like(x)))
+    return spec.update(x, copies.direction(), view.self_weight, torch.zeros_like(x), sizes)
+
+
+def test_differences_other_than_the_grid_are_for_choco_only():
+    with pytest.raises(ConfigError, match="compression.differences='topk' is not allowed: TopK and sign compress"):
+        load_config(None, ["algorithm.name=qdsgd", "compression.differences=topk"])
+    with pytest.raises(ConfigError, match="compression.k_ratio"):
+        load_config(None, ["algorithm.name=choco", "compression.differences=topk", "compression.k_ratio=0"])
+    assert load_config(None, ["algorithm.name=quantimed_choco", "compression.differences=sign"]).compression.differences == "sign"

@@ -55,6 +55,8 @@ PACED = ["emulation.stragglers=true", "emulation.speed_distribution=fixed",
     ("allreduce_sgd", ["compression.bits=32"]),
     ("quantimed", ["compression.bits=5", *PACED]),
     ("choco", ["compression.bits=2", "algorithm.gamma=0.4", "algorithm.overlap=false"]),  # CHOCO-SGD's own order
+    ("choco", ["compression.differences=topk", "compression.k_ratio=0.1", "algorithm.gamma=0.4"]),
+    ("quantimed_choco", ["compression.differences=sign", "algorithm.gamma=0.2", *PACED]),
     ("quantimed_choco", ["compression.bits=2", "algorithm.gamma=0.4", *PACED]),
     ("qdsgd", ["compression.bits=3", "topology.kind=one_peer_exponential"]),  # a new peer every iteration
     ("quantimed", ["compression.bits=4", "topology.kind=random_matching", "topology.seed=3", *PACED]),
@@ -75,11 +77,15 @@ def test_real_run_reproduces_the_single_process_reference(tmp_path, algorithm, e
     assert summary["algorithm"] == algorithm and summary["iterations"] == 4 and summary["nodes"] == 4
     if algorithm != "allreduce_sgd":
         from qtd.compress import message_nbytes
+        from qtd.compress.message_codec import difference_codec
         numel = expected[0].numel()
         topology = build_topology(config.topology)
         messages = sum(len(topology.view(i, t).neighbours) for i in range(4) for t in range(4))
         assert messages == (4 * 4 if topology.rounds else 4 * 2 * 4)  # one peer per iteration, or the ring's two
-        assert summary["bytes_sent"] == messages * message_nbytes(numel, config.compression.bits)
+        compression = config.compression
+        nbytes = (message_nbytes(numel, compression.bits) if compression.differences == "grid" else
+                  difference_codec(compression.differences, expected[0], 2, compression.k_ratio, 0).message_nbytes)
+        assert summary["bytes_sent"] == messages * nbytes
 
 
 def test_quickstart_trains_to_90_percent_and_writes_the_run_directory(tmp_path):

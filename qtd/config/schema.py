@@ -7,88 +7,18 @@ names the field (as its dotted key), the value it got and what is allowed. Cross
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from ..algorithms.local_sgd import LocalSGD
 from ..algorithms.registry import NAMES as ALGORITHMS, Runner, get_spec
 from ..algorithms.schedules import LR_DECAYS
 from ..errors import ConfigError
-from ..formats import ALLOWED_BITS, QUANTIZED_BITS
-from ..echo import shown
+from ..formats import ALLOWED_BITS, DIFFERENCE_KINDS, QUANTIZED_BITS
+from .rules import (BACKENDS, BUILTIN_DATASETS, BUILTIN_MODELS, MAX_BATCH, MAX_DURATION_S, MAX_NODES,  # noqa: F401
+                    MAX_SEED, MIN_SPEED, MODES, PARTITIONS, PS_COMPRESSORS, SCHEDULES, SPEED_DISTRIBUTIONS,
+                    TIME_VARYING_TOPOLOGIES, TOPOLOGIES, WEIGHTS, _batch, _choice, _duration, _fail, _is_import_path,
+                    _non_negative, _positive, _seed, _speed)
 
-MODES = ("decentralized", "ps")
-TOPOLOGIES = ("ring", "torus", "complete", "star", "exponential", "erdos_renyi", "file", "one_peer_exponential",
-              "random_matching")
-TIME_VARYING_TOPOLOGIES = ("one_peer_exponential", "random_matching")  # a new W every iteration
-WEIGHTS = ("laplacian", "metropolis")
-SCHEDULES = ("paper", "constant")
-PARTITIONS = ("contiguous", "iid", "dirichlet")
-BUILTIN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "mnist_idx", "synthetic")
-BUILTIN_MODELS = ("mlp", "mlp_deep", "cnn", "comp_ams_cnn", "resnet18", "linear")
-PS_COMPRESSORS = ("none", "topk", "blocksign")
-SPEED_DISTRIBUTIONS = ("uniform", "fixed")
-BACKENDS = ("auto", "gloo", "nccl")
-MAX_NODES = 1024  # one process each; W is dense and its spectral gap is an O(n^3) eigendecomposition
-MAX_SEED = 2**32 - 1  # seeds are scaled and offset per node before they reach torch's 64-bit generators
-# Every duration becomes a sleep, a wait or a datetime.timedelta somewhere (time.sleep and thread waits overflow
-# past about 9.2e9 s, timedelta past 8.6e13 s). A million seconds (11.6 days) bounds each of them, and a whole
-# emulated all-reduce (2(n-1) messages of up to 2 T_c + latency each) stays far below those limits.
-MAX_DURATION_S = 1e6
-MIN_SPEED = 1e-3  # samples/s: a batch of MAX_BATCH at this speed is a sleep of about 1e9 s, still a valid one
-MAX_BATCH = 2**20  # samples per node and step
-
-
-def _fail(key: str, value: object, allowed: str) -> None:
-    raise ConfigError(f"{key}={shown(value)} is not allowed: {allowed}")
-
-
-def _choice(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        _fail(key, value, "choose one of " + ", ".join(allowed))
-
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        _fail(key, value, "must be > 0")
-    if not math.isfinite(value):  # an infinite deadline or timeout would be a hang
-        _fail(key, value, "must be a finite number")
-
-
-def _non_negative(key: str, value: float) -> None:
-    if not value >= 0:
-        _fail(key, value, "must be >= 0")
-    if not math.isfinite(value):
-        _fail(key, value, "must be a finite number")
-
-
-def _duration(key: str, value: float, allow_zero: bool = False) -> None:
-    """A number of seconds that will be slept, waited for or turned into a timedelta."""
-    (_non_negative if allow_zero else _positive)(key, value)
-    if value > MAX_DURATION_S:
-        _fail(key, value, f"must be at most {MAX_DURATION_S:,.0f} seconds (about 11.6 days)")
-
-
-def _batch(key: str, value: int) -> None:
-    _positive(key, value)
-    if value > MAX_BATCH:
-        _fail(key, value, f"must be at most {MAX_BATCH} samples per node and step")
-
-
-def _speed(key: str, value: float) -> None:
-    _positive(key, value)
-    if value < MIN_SPEED:
-        _fail(key, value, f"must be at least {MIN_SPEED} samples per second (a slower node would sleep for years)")
-
-
-def _seed(key: str, value: int) -> None:
-    if not 0 <= value <= MAX_SEED:
-        _fail(key, value, f"must be in 0..{MAX_SEED}")
-
-
-def _is_import_path(name: str) -> bool:
-    module, sep, attr = name.partition(":")
-    return bool(sep and module and attr)
 
 
 @dataclass(frozen=True)
@@ -210,10 +140,15 @@ class CompressionConfig:
     """How models are encoded on the wire in decentralized mode."""
 
     bits: int = 4  # 1..8: stochastic quantization; 16: half precision; 32: raw float32
+    differences: str = "grid"  # choco, quantimed_choco: grid (compression.bits), topk or sign (with its norm)
+    k_ratio: float = 0.01  # differences=topk: share of the elements sent
 
     def __post_init__(self) -> None:
         if self.bits not in ALLOWED_BITS:
             _fail("compression.bits", self.bits, "use 1..8 (quantized), 16 (half) or 32 (raw)")
+        _choice("compression.differences", self.differences, DIFFERENCE_KINDS)
+        if not 0 < self.k_ratio <= 1:
+            _fail("compression.k_ratio", self.k_ratio, "must be in (0, 1]: the share of the elements TopK sends")
 
 
 @dataclass(frozen=True)
@@ -381,6 +316,10 @@ class Config:
             _fail("algorithm.eps", self.algorithm.eps,
                   "with algorithm.schedule=constant the consensus step must be in (0, 1] "
                   "(with schedule=paper it is e0 in eps = e0 / sqrt(T))")
+        if self.compression.differences != "grid" and spec.runner is not Runner.DIFFERENCE_GOSSIP:
+            _fail("compression.differences", self.compression.differences,
+                  f"TopK and sign compress CHOCO's differences (algorithm.name=choco or quantimed_choco), not "
+                  f"{spec.name}'s messages; leave compression.differences=grid")
         if (self.mode == "decentralized" and self.topology.kind in TIME_VARYING_TOPOLOGIES
                 and spec.runner in (Runner.ASYNC, Runner.DIFFERENCE_GOSSIP)):
             _fail("topology.kind", self.topology.kind,

@@ -10,7 +10,10 @@ from .points import EvalPoint, finite_or_none
 
 
 def wire_bits(spec: AlgorithmSpec, config: Config) -> int | None:
-    """What one value costs on the wire: compression.bits for model messages, 32 for float32 gradients."""
+    """What one value costs on the wire: compression.bits for model messages, 32 for float32 gradients; None
+    where it is no one number (CHOCO's TopK or sign differences: bytes_sent says what they cost)."""
+    if config.compression.differences != "grid":
+        return None
     if spec.allowed_bits:
         return config.compression.bits
     return 32 if spec.sends_float32_gradients else None

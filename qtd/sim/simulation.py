@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from ..algorithms import LocalOptimizer, PublicCopies, Runner, consensus_error, mix_stack, spec_for
+from ..compress.message_codec import difference_codec
 from ..config import Config, ConfigError
 from ..costs import ring_allreduce_bytes
 from ..deadline import SpeedModel, deadline_samples
@@ -98,6 +99,12 @@ class Simulation:
         self.time = TimeModel(emu.comm_time_s, emu.link_latency_s, self.n, self.numel, algo.overlap)
         self.bits = config.compression.bits
         self.codec = MessageCodec(self.numel, self.bits, seed, self.device)
+        compression = config.compression
+        self.sparse = None  # CHOCO's TopK or sign differences: one message per node, as a real node encodes it
+        if compression.differences != "grid":
+            self.sparse = difference_codec(compression.differences, start, self.bits, compression.k_ratio, seed)
+            self.codec.nbytes = self.sparse.message_nbytes
+            self.bits = 8 * self.sparse.message_nbytes / self.numel  # what a value costs on the link (time model)
         self.evaluator = problem_evaluator(self.problem, self.device, getattr(self.gradients, "flats", ()))
         buffer_numel = sum(b.numel() for b in self.problem.template.buffers() if b.is_floating_point())
         self.bytes_per_evaluation = self.n * (ring_allreduce_bytes(FLOAT32_BYTES * self.numel, self.n) + (
@@ -174,7 +181,13 @@ class Simulation:
         if not self.config.algorithm.overlap:
             x = spec.update(x, 0.0, w_self, direction, sizes)
             direction = 0.0
-        self.codec.all(copies.difference(x), t, out=decoded)
+        if self.sparse is None:
+            self.codec.all(copies.difference(x), t, out=decoded)
+        else:
+            message = torch.empty(self.sparse.message_nbytes, dtype=torch.uint8, device=self.device)
+            for i, difference in enumerate(copies.difference(x)):
+                self.sparse.encode(difference, i, t, out=message)
+                self.sparse.decode(message, i, t, out=decoded[i])
         copies.receive(decoded, mix_stack(self.neighbour_mixing, decoded))
         return spec.update(x, copies.direction(), w_self, direction, sizes)
 

@@ -10,6 +10,7 @@ from typing import Callable
 from ...algorithms import Runner
 from ...comm import AsyncNeighbourChannel
 from ...compress import message_nbytes
+from ...compress.message_codec import difference_codec
 from ..cadence import IterationCadence, TrainingTimeCadence
 from .allreduce import AllReduceStep
 from .async_ import AsyncDSGDStep
@@ -19,15 +20,23 @@ from .gossip import GossipStep
 from .ps import PSStep, build_codec
 
 
-def _gossip_of(step_class: type) -> Callable:
-    def build(parts):
-        algo, config = parts.config.algorithm, parts.config
-        deadline = algo.deadline_s if parts.spec.deadline_bound else None
-        return step_class(parts.world, parts.spec, parts.flat, parts.gradients(algo.batch_size, deadline,
-                                                                                algo.micro_batch_size),
-                          parts.views, config.compression.bits, parts.sizes, algo.overlap, config.run.seed,
-                          parts.link, parts.local)
-    return build
+def _gossip(parts) -> GossipStep:
+    algo, config = parts.config.algorithm, parts.config
+    deadline = algo.deadline_s if parts.spec.deadline_bound else None
+    return GossipStep(parts.world, parts.spec, parts.flat, parts.gradients(algo.batch_size, deadline,
+                                                                            algo.micro_batch_size),
+                      parts.views, config.compression.bits, parts.sizes, algo.overlap, config.run.seed, parts.link,
+                      parts.local)
+
+
+def _difference_gossip(parts) -> DifferenceGossipStep:
+    algo, config, compression = parts.config.algorithm, parts.config, parts.config.compression
+    deadline = algo.deadline_s if parts.spec.deadline_bound else None
+    codec = difference_codec(compression.differences, parts.flat.params, compression.bits, compression.k_ratio,
+                             config.run.seed)
+    return DifferenceGossipStep(parts.world, parts.spec, parts.flat,
+                                parts.gradients(algo.batch_size, deadline, algo.micro_batch_size), parts.views,
+                                codec, parts.sizes, algo.overlap, parts.link, parts.local)
 
 
 def _collective(parts) -> AllReduceStep:
@@ -56,8 +65,8 @@ def _ps(parts) -> PSStep:
 
 # runner -> (step builder, cadence class)
 RUNNERS: dict[Runner, tuple[Callable, type]] = {
-    Runner.GOSSIP: (_gossip_of(GossipStep), IterationCadence),
-    Runner.DIFFERENCE_GOSSIP: (_gossip_of(DifferenceGossipStep), IterationCadence),
+    Runner.GOSSIP: (_gossip, IterationCadence),
+    Runner.DIFFERENCE_GOSSIP: (_difference_gossip, IterationCadence),
     Runner.COLLECTIVE: (_collective, IterationCadence),
     Runner.ASYNC: (_async, TrainingTimeCadence),
     Runner.PS: (_ps, IterationCadence),

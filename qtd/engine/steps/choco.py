@@ -12,6 +12,7 @@ import torch
 
 from ...algorithms import AlgorithmSpec, LocalOptimizer, LocalSGD, PublicCopies, StepSizes
 from ...comm import LinkModel, World
+from ...compress.message_codec import GridCodec, SparseCodec
 from ...models import FlatModel
 from ...topology import NodeView
 from .base import GradientSource, Step, StepStats, stats_from
@@ -28,15 +29,15 @@ class DifferenceGossipStep(Step):
     """
 
     def __init__(self, world: World, spec: AlgorithmSpec, flat: FlatModel, gradients: GradientSource,
-                 views: NodeView | Sequence[NodeView], bits: int, sizes: StepSizes, overlap: bool, seed: int,
-                 link: LinkModel | None = None, local: LocalSGD = LocalSGD()) -> None:
+                 views: NodeView | Sequence[NodeView], codec: GridCodec | SparseCodec, sizes: StepSizes,
+                 overlap: bool, link: LinkModel | None = None, local: LocalSGD = LocalSGD()) -> None:
         views = (views,) if isinstance(views, NodeView) else tuple(views)
         if len(views) != 1:  # the config refuses it first: public copies are of one fixed set of neighbours
             raise ValueError(f"{spec.name} keeps public copies of fixed neighbours: it needs a static topology")
         view = views[0]
         self.world, self.spec, self.flat, self.gradients, self.view = world, spec, flat, gradients, view
         self.sizes, self.overlap = sizes, overlap
-        self.exchange = ModelExchange(world, view, [(flat.numel, bits)], seed, flat.params.device, link)
+        self.exchange = ModelExchange(world, view, [codec], 0, flat.params.device, link)  # the codec has the seed
         self.copies = PublicCopies(flat.params.detach(), view.self_weight)
         self.local = LocalOptimizer(local, flat.params)
 

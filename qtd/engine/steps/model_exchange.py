@@ -3,7 +3,8 @@
 The real engine's gossip step (:class:`.gossip.GossipStep`) and the library's wrapper
 (:class:`qtd.api.Decentralized`) both exchange through :class:`ModelExchange`, so both put the same bytes on
 the wire (:func:`qtd.compress.encode_message`: the same header, noise keys and payload), count the same
-bytes and check every received message the same way.
+bytes and check every received message the same way. A part may instead name another codec of
+:mod:`qtd.compress.message_codec` (CHOCO's TopK or sign differences).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from ...algorithms import mix_neighbours
 from ...comm import LinkModel, NeighbourExchange, PendingExchange, World
-from ...compress import decode_message, encode_message, message_nbytes
+from ...compress.message_codec import GridCodec, SparseCodec
 from ...topology import NodeView
 
 
@@ -25,17 +26,19 @@ class ModelExchange:
     Not a collective: this node and its neighbours each call :meth:`post` and then :meth:`mixed` once per
     iteration; all receives and sends are posted at :meth:`post`, so whatever the caller computes between the
     two calls overlaps the communication. ``parts`` are the (element count, bits) of the tensors sent per
-    iteration, each as its own wire message, all in one transfer per neighbour: the engine sends the model
-    alone; the library wrapper may add the model's float buffers (BatchNorm statistics) at 32 bits.
+    iteration (or their codecs), each as its own wire message, all in one transfer per neighbour: the engine
+    sends the model alone; the library wrapper may add the model's float buffers (BatchNorm statistics) at
+    32 bits.
     """
 
-    def __init__(self, world: World, views: NodeView | Sequence[NodeView], parts: Sequence[tuple[int, int]],
-                 seed: int, device: torch.device, link: LinkModel | None = None) -> None:
+    def __init__(self, world: World, views: NodeView | Sequence[NodeView],
+                 parts: Sequence[tuple[int, int] | GridCodec | SparseCodec], seed: int, device: torch.device,
+                 link: LinkModel | None = None) -> None:
         self.world, self.seed = world, seed
         # one view per iteration of a period (a time-varying topology: iteration t uses views[t % period])
         self.views = (views,) if isinstance(views, NodeView) else tuple(views)
-        self.parts = [(int(numel), int(bits)) for numel, bits in parts]
-        sizes = [message_nbytes(numel, bits) for numel, bits in self.parts]
+        self.codecs = [GridCodec(part[0], part[1], seed) if isinstance(part, tuple) else part for part in parts]
+        sizes = [codec.message_nbytes for codec in self.codecs]
         self._slices = [(sum(sizes[:k]), size) for k, size in enumerate(sizes)]
         by_peers: dict[tuple[int, ...], NeighbourExchange] = {}  # rounds with the same peers share buffers
         for view in self.views:
@@ -43,8 +46,8 @@ class ModelExchange:
                 by_peers[view.neighbours] = NeighbourExchange(world, view.neighbours, sum(sizes), link)
         self._rounds = [by_peers[view.neighbours] for view in self.views]
         self._exchanges = list(by_peers.values())
-        self._decoded = [torch.empty(numel, dtype=torch.float32, device=device) for numel, _ in self.parts]
-        self._mixed = [torch.empty(numel, dtype=torch.float32, device=device) for numel, _ in self.parts]
+        self._decoded = [torch.empty(codec.numel, dtype=torch.float32, device=device) for codec in self.codecs]
+        self._mixed = [torch.empty(codec.numel, dtype=torch.float32, device=device) for codec in self.codecs]
         self._own: list[Tensor] | None = None  # this node's own decoded messages, for difference gossip
 
     def view(self, iteration: int) -> NodeView:
@@ -58,20 +61,16 @@ class ModelExchange:
         """Encode ``tensors`` (one per part, flat) as this node's messages of ``iteration`` and post the exchange."""
         exchange = self._exchange(iteration)
         send = exchange.send_message
-        for tensor, (numel, bits), (start, size) in zip(tensors, self.parts, self._slices):
-            encode_message(tensor.detach(), bits, self.world.rank, iteration, seed=self.seed,
-                           out=send[start:start + size])
+        for tensor, codec, (start, size) in zip(tensors, self.codecs, self._slices):
+            codec.encode(tensor.detach(), self.world.rank, iteration, out=send[start:start + size])
         return exchange.start(iteration)
 
     def _received(self, messages: dict[int, Tensor], part: int, iteration: int) -> Iterator[tuple[Tensor, float]]:
-        numel, bits = self.parts[part]
-        start, size = self._slices[part]
+        codec, (start, size) = self.codecs[part], self._slices[part]
         decoded = self._decoded[part]
         view = self.view(iteration)
         for j, weight in zip(view.neighbours, view.neighbour_weights):
-            decode_message(messages[j][start:start + size], expected_bits=bits, expected_count=numel,
-                           expected_sender=j, expected_iteration=iteration, out=decoded)
-            yield decoded, weight
+            yield codec.decode(messages[j][start:start + size], j, iteration, out=decoded), weight
 
     def mixed(self, pending: PendingExchange) -> list[Tensor]:
         """Wait for the exchange (bounded by comm.timeout_s); per part, sum_{j in N_i} w_ij z_j (reused buffers)."""
@@ -83,14 +82,11 @@ class ModelExchange:
     def sent(self, iteration: int, part: int = 0) -> Tensor:
         """This node's own message of ``iteration`` (posted by :meth:`post`), decoded as its neighbours decode it
         (a reused buffer of its own: the mixed sums of :meth:`mixed` stay valid)."""
-        numel, bits = self.parts[part]
-        start, size = self._slices[part]
+        codec, (start, size) = self.codecs[part], self._slices[part]
         if self._own is None:
             self._own = [torch.empty_like(buffer) for buffer in self._decoded]
-        _, values = decode_message(self._exchange(iteration).send_message[start:start + size], expected_bits=bits,
-                                   expected_count=numel, expected_sender=self.world.rank,
-                                   expected_iteration=iteration, out=self._own[part])
-        return values
+        return codec.decode(self._exchange(iteration).send_message[start:start + size], self.world.rank, iteration,
+                            out=self._own[part])
 
     @property
     def bytes_sent(self) -> int:
