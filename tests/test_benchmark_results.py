@@ -26,6 +26,8 @@ REQUIRED = {
     "sim_speed": ("iterations_per_s", "run_s", "vmap_speedup_over_loop"),
     "ps_compression": ("test_accuracy", "upload_bytes", "wire_bytes", "accuracy_gap_topk_ef",
                        "byte_reduction_topk_ef"),
+    "real_cluster": ("time_to_target_s", "speedup_vs_ddp", "speedup_vs_dsgd", "speedup_vs_ddp_fair_weather",
+                     "levels", "fair_weather"),
     "deep_gossip": ("final_consensus_error", "final_eval_accuracy", "consensus_ratio_quantimed_over_quantimed_choco",
                     "accuracy_gap_vs_dsgd_points"),
 }
@@ -88,6 +90,28 @@ def test_readme_quotes_the_ps_compression_table():
                           ("blocksign_ef", "Block-Sign + error feedback")):
         assert re.search(rf"\| {re.escape(label)} \| {accuracy[method]:.2f}% \|", README), method
     assert f"{data['byte_reduction_topk_ef']:.1f}× less" in README
+
+
+def test_real_cluster_records_every_machines_measured_share_and_link_and_the_readme_quotes_it():
+    data = json.loads((RESULTS / "real_cluster.json").read_text())
+    summary, settings = data["summary"], data["settings"]
+    assert settings["emulation"].startswith("off") and not settings["quick"]
+    for regime, methods in settings["measured"].items():
+        shares = settings["regimes"][regime]["cpu_share"]
+        for method, machines in methods.items():
+            assert [m["cpu_share_quota"] for m in machines] == shares, (regime, method)
+            for machine in machines:  # read back from the kernel: never above the quota (5% for accounting)
+                assert 0 < machine["cpu_share_measured"] <= machine["cpu_share_quota"] * 1.05, (regime, method)
+                assert machine["uplink_rate_tc_bit_s"] == settings["regimes"][regime]["uplink_mbit"] * 1e6
+    order = ["quantimed", "qdsgd", "dsgd", "async_dsgd", "allreduce_sgd", "ddp", "ddp_fp16"]
+    times = summary["time_to_target_s"]
+    assert f"| **{summary['target_loss']:.3f} (target)** | **{times['quantimed']:.1f} s** |" in README
+    for method in order[1:]:
+        assert f"{times[method]:.1f} s ({summary[f'speedup_vs_{method}']:.2f}x)" in README.replace("**", ""), method
+    for level, row in summary["levels"].items():
+        if float(level) != summary["target_loss"]:
+            assert f"| {float(level):.3f} | " + " | ".join(f"{row[m]:.1f} s" for m in order) + " |" in README
+    assert f"(**{summary['speedup_vs_ddp_fair_weather']:.2f}x**" in README
 
 
 def test_readme_quotes_the_deep_gossip_table():
