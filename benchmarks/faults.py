@@ -54,7 +54,8 @@ KINDS: dict[str, tuple[str, list[str], int]] = {  # config, overrides, iteration
     "gossip": ("configs/quickstart.yaml", ["algorithm.name=quantimed", "algorithm.deadline_s=0.02"], 100),
     "allreduce": ("configs/quickstart.yaml", ["algorithm.name=allreduce_sgd", "compression.bits=32",
                                               "algorithm.schedule=constant", "algorithm.alpha=0.3"], 100),
-    "async": ("configs/async_dsgd.yaml", ["run.time_budget_s=8", "run.eval_every_s=2", "comm.timeout_s=10"], 100000),
+    "async": ("configs/async_dsgd.yaml", ["emulation.speeds=[800, 400, 200, 100]", "run.time_budget_s=8",
+                                          "run.eval_every_s=2", "comm.timeout_s=10"], 100000),
     "ps": ("configs/ps_digits.yaml", [], 100),
 }
 FAULTS = ("kill", "stop", "corrupt", "foreign")
@@ -217,6 +218,8 @@ def trial(kind: str, fault: str, seed: int, work: Path, limit_s: float) -> dict[
         record.update(hit=result["hit"], seconds=result["seconds"])
         if result["hung"]:
             return {**record, "outcome": "hang"}
+        if not result["hit"] and result["rc"] != 0:  # it failed before the fault: the trial tested nothing
+            return {**record, "outcome": "setup_failed", "last_line": result["stderr"].strip().splitlines()[-1:]}
         if result["rc"] == 0:
             problem = _consistent(kind, out, iterations, {})
             return {**record, "outcome": "lost_or_spliced" if problem else "completed", "problem": problem}
