@@ -26,6 +26,7 @@ REQUIRED = {
     "sim_speed": ("iterations_per_s", "run_s", "vmap_speedup_over_loop"),
     "ps_compression": ("test_accuracy", "upload_bytes", "wire_bytes", "accuracy_gap_topk_ef",
                        "byte_reduction_topk_ef"),
+    "faults": ("trials", "completed_or_clear_error", "hangs", "lost_or_spliced"),
     "real_cluster": ("time_to_target_s", "speedup_vs_ddp", "speedup_vs_dsgd", "speedup_vs_ddp_fair_weather",
                      "levels", "fair_weather"),
     "deep_gossip": ("final_consensus_error", "final_eval_accuracy", "consensus_ratio_quantimed_over_quantimed_choco",
@@ -112,6 +113,14 @@ def test_real_cluster_records_every_machines_measured_share_and_link_and_the_rea
         if float(level) != summary["target_loss"]:
             assert f"| {float(level):.3f} | " + " | ".join(f"{row[m]:.1f} s" for m in order) + " |" in README
     assert f"(**{summary['speedup_vs_ddp_fair_weather']:.2f}x**" in README
+
+
+def test_fault_injection_never_hung_or_lost_a_run_and_the_readme_says_so():
+    data = summary("faults")
+    assert data["hangs"] == 0 and data["lost_or_spliced"] == 0 and data["unclear_error"] == 0
+    assert data["completed_or_clear_error"] == data["trials"]
+    assert f"All {data['trials']} trials" in README and f"the full run ({data['completed']})" in README
+    assert f"clear `qtd: error:` line ({data['clear_error']}:" in README
 
 
 def test_readme_quotes_the_deep_gossip_table():
