@@ -55,7 +55,8 @@ def reference_models(config: Config, iterations: int, samples: list[list[int]] |
             _choco_iteration(config, topology, flats, copies, t, sizes_t,
                              [direction(i, flats[i].grads, flats[i].params.detach()) for i in range(n)])
             continue
-        messages = [encode_message(flats[i].params.detach(), bits, i, t, seed=seed) for i in range(n)]
+        messages = [encode_message(flats[i].params.detach(), bits, i, t, seed=seed,
+                                   block_size=config.compression.block_size) for i in range(n)]
         _gradients(config, flats, steps, samples, t)
         if spec.runner is Runner.COLLECTIVE:
             mean_grad = torch.stack([f.grads for f in flats]).mean(dim=0)
@@ -101,7 +102,8 @@ def _choco_iteration(config: Config, topology, flats, copies, t: int, sizes: Ste
     if not overlap:
         x = [x[i] - sizes.alpha * directions[i] for i in range(n)]
     compression = config.compression
-    codec = difference_codec(compression.differences, x[0], bits, compression.k_ratio, seed)  # grid: encode_message
+    codec = difference_codec(compression.differences, x[0], bits, compression.k_ratio, seed,
+                             compression.block_size)  # grid: encode_message
     q = []
     for i in range(n):
         message = torch.empty(codec.message_nbytes, dtype=torch.uint8)

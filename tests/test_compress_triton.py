@@ -27,29 +27,32 @@ def test_interpreted_triton_kernels_match_the_reference():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _compile(kernel, signature: dict, bits: int):
+def _compile(kernel, signature: dict, bits: int, blocked: bool):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    source = ASTSource(kernel, signature, constexprs={"BITS": bits, "GROUPS": 256})
+    source = ASTSource(kernel, signature, constexprs={"BITS": bits, "GROUPS": 256, "BLOCKED": blocked})
     try:
         return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"enable_fp_fusion": False})
     except (ImportError, FileNotFoundError, KeyError) as missing:  # no CUDA backend or ptxas in this triton
         pytest.skip(f"triton cannot compile for CUDA here: {missing}")
 
 
-def test_kernels_compile_for_a_gpu_without_fma_contraction():
+@pytest.mark.parametrize("blocked", [False, True], ids=["one-grid", "block-wise"])
+def test_kernels_compile_for_a_gpu_without_fma_contraction(blocked):
     bits = 3  # one width stands for all: BITS only changes constants
     from qtd.compress import _triton_kernels as kernels
 
+    per_block = {"block": "i32", "BITS": "constexpr", "GROUPS": "constexpr", "BLOCKED": "constexpr"}
     quant = _compile(kernels._quantize_pack_kernel, {
         "x_ptr": "*fp32", "out_ptr": "*u8", "n": "i32", "nbytes": "i32", "offset": "fp32", "inv_scale": "fp32",
-        "top": "fp32", "key_lo": "i64", "key_hi": "i32", "BITS": "constexpr", "GROUPS": "constexpr",
-    }, bits)
+        "top": "fp32", "key_lo": "i64", "key_hi": "i32", "offsets_ptr": "*fp32", "inv_scales_ptr": "*fp32",
+        **per_block,
+    }, bits, blocked)
     unpack = _compile(kernels._unpack_dequantize_kernel, {
         "packed_ptr": "*u8", "out_ptr": "*fp32", "n": "i32", "nbytes": "i32", "offset": "fp32", "scale": "fp32",
-        "BITS": "constexpr", "GROUPS": "constexpr",
-    }, bits)
+        "offsets_ptr": "*fp32", "scales_ptr": "*fp32", **per_block,
+    }, bits, blocked)
     for compiled in (quant, unpack):
         assert "fma" not in compiled.asm["ptx"]
     # the noise hash runs in 32-bit unsigned arithmetic (logical shifts, wrapping multiplies)

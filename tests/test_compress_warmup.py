@@ -17,7 +17,8 @@ from tests.harness import REPO, child_env, collect, run_qtd
 
 pytestmark = pytest.mark.skipif(not _numba_kernels.AVAILABLE, reason="numba is not available here")
 
-KERNELS = ("_quantize_pack_kernel", "_unpack_dequantize_kernel", "_quantize_codes", "_pack", "_unpack")
+KERNELS = ("_quantize_pack_kernel", "_unpack_dequantize_kernel", "_quantize_codes", "_pack", "_unpack",
+           "_quantize_pack_blocks_kernel", "_unpack_dequantize_blocks_kernel")
 
 # In a fresh process: warm up, then run the real calls a node makes (another size, other widths) and report
 # numba's compile statistics before and after them.
@@ -29,12 +30,13 @@ def stats():
                     "misses": sum(getattr(k, name).stats.cache_misses.values()),
                     "compiled": len(getattr(k, name).signatures)}} for name in {KERNELS!r}}}
 from qtd.compress import warmup
-cached = warmup._numba_cached(warmup._QUANTIZED_KERNELS + warmup._PACKING_KERNELS)  # decides on the lock
-seconds = warm_up("cpu", 4, block_sign=True)  # every kernel: a quantized decentralized run's and Block-Sign's
+cached = warmup._numba_cached(warmup._QUANTIZED_KERNELS + warmup._BLOCKED_KERNELS + warmup._PACKING_KERNELS)
+seconds = warm_up("cpu", 4, block_sign=True, block_size=64)  # every kernel: one-grid, block-wise, Block-Sign
 before = stats()
 x = torch.randn(10_001)
 for bits in (1, 3, 4, 8):
     decode_message(encode_message(x, bits, sender=1, iteration=7))
+    decode_message(encode_message(x, bits, sender=1, iteration=7, block_size=256))
     codes = quantize(x, bits, key=3).codes
     unpack_bits(pack_bits(codes, bits), bits, codes.numel())
 print(json.dumps({{"seconds": seconds, "before": before, "after": stats(), "cache_dir": str(k.CACHE_DIR),

@@ -104,7 +104,8 @@ def _tampered(offset: int, fmt: str, value, reseal: bool = True) -> torch.Tensor
 
 @pytest.mark.parametrize("make, pattern", [
     (lambda: _tampered(0, "<4s", b"XXXX"), "not a qtd message: magic"),
-    (lambda: _tampered(4, "<B", 2), "unsupported wire format version 2"),
+    (lambda: _tampered(4, "<B", 3), "unsupported wire format version 3: this qtd reads versions 1 and 2"),
+    (lambda: _tampered(4, "<B", 2), "reserved header fields"),  # a one-grid header read as block-wise
     (lambda: _tampered(8, "<Q", 101, reseal=False), "checksum"),
     (lambda: _tampered(5, "<B", 9), "bits=9"),
     (lambda: _tampered(5, "<B", 0), "bits=0"),

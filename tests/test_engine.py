@@ -60,6 +60,8 @@ PACED = ["emulation.stragglers=true", "emulation.speed_distribution=fixed",
     ("quantimed_choco", ["compression.bits=2", "algorithm.gamma=0.4", *PACED]),
     ("qdsgd", ["compression.bits=3", "topology.kind=one_peer_exponential"]),  # a new peer every iteration
     ("quantimed", ["compression.bits=4", "topology.kind=random_matching", "topology.seed=3", *PACED]),
+    ("qdsgd", ["compression.bits=2", "compression.block_size=64"]),  # one grid per 64 parameters
+    ("quantimed_choco", ["compression.bits=1", "compression.block_size=128", "algorithm.gamma=0.4", *PACED]),
 ])
 def test_real_run_reproduces_the_single_process_reference(tmp_path, algorithm, extra):
     overrides = SMALL + [f"algorithm.name={algorithm}", "run.iterations=4", "algorithm.overlap=true", *extra]
@@ -83,7 +85,8 @@ def test_real_run_reproduces_the_single_process_reference(tmp_path, algorithm, e
         messages = sum(len(topology.view(i, t).neighbours) for i in range(4) for t in range(4))
         assert messages == (4 * 4 if topology.rounds else 4 * 2 * 4)  # one peer per iteration, or the ring's two
         compression = config.compression
-        nbytes = (message_nbytes(numel, compression.bits) if compression.differences == "grid" else
+        nbytes = (message_nbytes(numel, compression.bits, compression.block_size)
+                  if compression.differences == "grid" else
                   difference_codec(compression.differences, expected[0], 2, compression.k_ratio, 0).message_nbytes)
         assert summary["bytes_sent"] == messages * nbytes
 

@@ -248,7 +248,7 @@ def _real_models(tmp_path: Path, overrides: list[str]) -> tuple[Path, list[torch
     ("choco", ["algorithm.overlap=false"]), ("quantimed_choco", ["algorithm.gamma=0.5"]),
     ("dsgd", ["topology.kind=one_peer_exponential"]), ("quantimed", ["topology.kind=random_matching"]),
     ("choco", ["compression.differences=topk", "compression.k_ratio=0.2"]),
-    ("quantimed_choco", ["compression.differences=sign"])])
+    ("quantimed_choco", ["compression.differences=sign"]), ("quantimed", ["compression.block_size=64"])])
 def test_simulator_and_real_engine_reach_the_same_models(tmp_path, algorithm, extra):
     overrides = SMALL + [f"algorithm.name={algorithm}", f"compression.bits={BITS[algorithm]}", "run.iterations=4",
                          "run.eval_every=4", *extra]

@@ -36,6 +36,7 @@ from ..engine.evaluate import gather_table
 from ..engine.model_file import network_average_state, write_model_file
 from ..engine.points import EvalPoint, eval_scalars
 from ..engine.steps import node_scalars, stats_from
+from ..compress.message_codec import GridCodec
 from ..engine.steps.model_exchange import ModelExchange
 from ..errors import ConfigError
 from ..metrics import ScalarLogger, TensorBoardLogger
@@ -57,7 +58,8 @@ class Decentralized:
 
     ``algorithm``: ``quantimed`` (deadline-bound, quantized), ``qdsgd`` (one batch, quantized), ``dsgd`` (one
     batch, 16/32-bit models, eps = 1) or ``allreduce_sgd`` (the mean gradient of all nodes, like DDP).
-    ``bits``: 1..8, 16 or 32 (default 4; 16 for dsgd). ``eps``: the consensus step in (0, 1].
+    ``bits``: 1..8, 16 or 32 (default 4; 16 for dsgd). ``block_size``: 0 (one quantization grid per message) or
+    B, one grid per B elements (a multiple of 8, bits 1..8; 8 more bytes per block). ``eps``: the consensus step in (0, 1].
     ``deadline_s``: T_d of quantimed. ``topology``: a graph kind (``ring``, ``torus``, ``complete``, ``star``,
     ``exponential``, ``erdos_renyi``) with ``weights`` (``laplacian`` or ``metropolis``), or a
     :class:`qtd.config.TopologyConfig`. ``buffers``: ``average`` mixes the floating buffers (BatchNorm
@@ -72,10 +74,12 @@ class Decentralized:
                  eps: float = 0.5, deadline_s: float = 0.5, topology: str | TopologyConfig = "ring",
                  weights: str = "laplacian", buffers: str = "average", overlap: bool = True, seed: int = 0,
                  speed: SpeedModel | float | None = None, world: World | None = None,
-                 tensorboard: str | Path | None = None, timeout_s: float = 60.0, sync_start: bool = True) -> None:
+                 tensorboard: str | Path | None = None, timeout_s: float = 60.0, sync_start: bool = True,
+                 block_size: int = 0) -> None:
         self.spec = spec = library_spec(algorithm)
         self.gossip = spec.runner is Runner.GOSSIP
         self.bits = self._check(spec, bits, eps, deadline_s, buffers, speed)
+        self._check_block_size(block_size, self.bits, self.gossip)
         self._owns_group = world is None and not group_started()
         self.world = world = world if world is not None else init_world(timeout_s=timeout_s)
         self.module, self.buffers, self.overlap, self.seed, self.speed = module, buffers, overlap, seed, speed
@@ -95,7 +99,7 @@ class Decentralized:
         self.sizes = spec.step_sizes("constant", 1.0, eps, 1)  # eps, or 1 when the rule has no consensus step
         self.timer = DeadlineTimer(deadline_s, 1, world.device) if spec.deadline_bound else None
         device = self.params[0].device
-        parts = [(self.param_vector.numel, self.bits)]
+        parts: list = [GridCodec(self.param_vector.numel, self.bits, seed, block_size)]
         if self.buffer_vector:
             parts.append((self.buffer_vector.numel, 32))
         self.exchange = ModelExchange(world, self.views, parts, seed, device) if self.gossip else None
@@ -134,6 +138,14 @@ class Decentralized:
         if isinstance(speed, (int, float)) and not speed > 0:
             _fail("speed", speed, "an emulated speed is a number of samples per second > 0")
         return bits
+
+    @staticmethod
+    def _check_block_size(block_size: int, bits: int, gossip: bool) -> None:
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 0 or block_size % 8:
+            _fail("block_size", block_size, "use 0 (one grid per message) or a positive multiple of 8, e.g. 256")
+        if block_size and not (gossip and 1 <= bits <= 8):
+            _fail("block_size", block_size, "block-wise grids cut quantized model messages (bits 1..8 of a gossip "
+                  "algorithm): use block_size=0")
 
     def _check_tensors(self, module: nn.Module, world: World) -> None:
         if not self.params:

@@ -38,6 +38,7 @@ except Exception as error:  # ImportError, or numba refusing this numpy version
     UNAVAILABLE_REASON = f"numba cannot be imported: {error}"
 
 from .noise import LOWBIAS_M1, LOWBIAS_M2, UNIFORM_BITS, UNIFORM_SCALE, split_key
+from .blocks import BlockGrids
 from .grid import Grid, levels
 
 CHUNK = 4096  # elements per step: a multiple of 8, so every chunk starts on a byte boundary at any width
@@ -260,6 +261,28 @@ if AVAILABLE:
             for j in range(rest):
                 out[full * 8 + j] = np.float32((word >> _U64(j * bits)) & mask) * scale + offset
 
+    @_jit
+    def _quantize_pack_blocks_kernel(x, bits, out, top, offsets, inv_scales, block, key_lo, key_hi):
+        """Block b's elements on block b's grid; chunks never cross a block (block is a multiple of 8)."""
+        codes = np.empty(CHUNK, np.uint8)
+        n = x.size
+        for b in range(offsets.size):
+            end = min((b + 1) * block, n)
+            for start in range(b * block, end, CHUNK):
+                count = min(CHUNK, end - start)
+                _quantize_codes(x, start, count, codes, top, offsets[b], inv_scales[b], key_lo, key_hi)
+                _pack(codes, count, bits, out, start * bits // 8)
+
+    @_jit
+    def _unpack_dequantize_blocks_kernel(packed, bits, out, offsets, scales, block):
+        n = out.size
+        for b in range(offsets.size):
+            start = b * block
+            end = min(start + block, n)
+            first = start * bits // 8
+            _unpack_dequantize_kernel(packed[first:first + ((end - start) * bits + 7) // 8], bits, out[start:end],
+                                      offsets[b], scales[b])
+
 
 def _keys(key: int) -> tuple[np.uint32, np.uint32]:
     key_lo, key_hi = split_key(key)
@@ -278,6 +301,20 @@ def quantize_pack_cpu(x: Tensor, grid: Grid, bits: int, key: int, packed: Tensor
     _quantize_pack_kernel(x.numpy(), bits, packed.numpy(), np.float32(levels(bits)),
                           np.float32(grid.offset), np.float32(grid.inv_scale), *_keys(key))
     return packed
+
+
+def quantize_pack_blocks_cpu(x: Tensor, grids: BlockGrids, bits: int, key: int, packed: Tensor) -> Tensor:
+    """One fused quantize+pack pass of flat float32 ``x`` onto its blocks' grids."""
+    _quantize_pack_blocks_kernel(x.numpy(), bits, packed.numpy(), np.float32(levels(bits)), grids.offsets.numpy(),
+                                 grids.inv_scales.numpy(), grids.block_size, *_keys(key))
+    return packed
+
+
+def unpack_dequantize_blocks_cpu(packed: Tensor, bits: int, offsets: Tensor, scales: Tensor, block_size: int,
+                                 out: Tensor) -> Tensor:
+    _unpack_dequantize_blocks_kernel(packed.contiguous().numpy(), bits, out.numpy(), offsets.contiguous().numpy(),
+                                     scales.contiguous().numpy(), block_size)
+    return out
 
 
 def unpack_dequantize_cpu(packed: Tensor, bits: int, count: int, offset: float, scale: float, out: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 
 from .backend import run_path
+from .blocks import (BlockGrids, block_grids, check_block_size, dequantize_blocks_reference,
+                     quantize_blocks_reference)
 from .packing import pack_bits, packed_nbytes, unpack_bits
 from .grid import Grid, check_quantized_bits, dequantize_codes, flat_float32, quantization_grid
 from .quantizer import quantize_with_grid
@@ -91,5 +93,75 @@ def unpack_dequantize(
         from ._triton_kernels import unpack_dequantize_triton
 
         return unpack_dequantize_triton(packed, bits, count, offset, scale, values)
+
+    return run_path(packed.device, backend, {"numba": numba, "triton": triton}, reference)
+
+
+def quantize_pack_blocks(
+    x: Tensor, bits: int, key: int, block_size: int, out: Tensor | None = None, backend: str = "auto"
+) -> tuple[Tensor, BlockGrids]:
+    """:func:`quantize_pack` with one grid per block of ``block_size`` elements (see :mod:`.blocks`).
+
+    Returns the packed stream (the same layout and size as one grid's) and the blocks' grids.
+    """
+    check_quantized_bits(bits)
+    check_block_size(block_size)
+    flat = flat_float32(x)
+    packed = _output(out, packed_nbytes(flat.numel(), bits), torch.uint8, flat.device, "the packed codes")
+    grids = block_grids(flat, bits, block_size)
+
+    def reference() -> None:
+        step = REFERENCE_CHUNK
+        for start in range(0, flat.numel(), step):
+            codes = quantize_blocks_reference(flat[start:start + step], grids, bits, key, start=start)
+            first = start * bits // 8
+            packed[first:first + packed_nbytes(codes.numel(), bits)] = pack_bits(codes, bits, backend="reference")
+
+    def numba() -> None:
+        from ._numba_kernels import quantize_pack_blocks_cpu
+
+        quantize_pack_blocks_cpu(flat, grids, bits, key, packed)
+
+    def triton() -> None:
+        from ._triton_kernels import quantize_pack_blocks_triton
+
+        quantize_pack_blocks_triton(flat, grids, bits, key, packed)
+
+    run_path(flat.device, backend, {"numba": numba, "triton": triton}, reference)
+    return packed, grids
+
+
+def unpack_dequantize_blocks(
+    packed: Tensor,
+    bits: int,
+    count: int,
+    offsets: Tensor,
+    scales: Tensor,
+    block_size: int,
+    out: Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """The ``count`` float32 values ``offset_b + code * scale_b`` of a block-wise packed stream."""
+    check_quantized_bits(bits)
+    check_block_size(block_size)
+    values = _output(out, count, torch.float32, packed.device, "the decoded values")
+
+    def reference() -> Tensor:
+        for start in range(0, count, REFERENCE_CHUNK):
+            n = min(REFERENCE_CHUNK, count - start)
+            first = start * bits // 8
+            codes = unpack_bits(packed[first:first + packed_nbytes(n, bits)], bits, n, backend="reference")
+            values[start:start + n] = dequantize_blocks_reference(codes, offsets, scales, block_size, start=start)
+        return values
+
+    def numba() -> Tensor:
+        from ._numba_kernels import unpack_dequantize_blocks_cpu
+
+        return unpack_dequantize_blocks_cpu(packed, bits, offsets, scales, block_size, values)
+
+    def triton() -> Tensor:
+        from ._triton_kernels import unpack_dequantize_blocks_triton
+
+        return unpack_dequantize_blocks_triton(packed, bits, count, offsets, scales, block_size, values)
 
     return run_path(packed.device, backend, {"numba": numba, "triton": triton}, reference)

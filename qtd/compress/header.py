@@ -23,6 +23,7 @@ class HeaderLayout:
     magic: bytes
     version: int
     peers: str  # "node" or "worker": who must run the same qtd version
+    reads: str = ""  # the versions this qtd reads, as errors name them ("versions 1 and 2"; default: this layout's)
 
     @property
     def nbytes(self) -> int:
@@ -51,7 +52,7 @@ class HeaderLayout:
             raise WireFormatError(f"not a qtd {self.kind}: magic {magic!r}, expected {self.magic!r}")
         if version != self.version:
             raise WireFormatError(f"unsupported {'gradient ' if 'gradient' in self.kind else ''}wire format version "
-                                  f"{version}: this qtd reads version {self.version}; run the same qtd version "
+                                  f"{version}: this qtd reads {self.reads or f'version {self.version}'}; run the same qtd version "
                                   f"on every {self.peers}")
         if crc != zlib.crc32(raw[:-4]):
             raise WireFormatError(f"corrupted {self.kind}: the header checksum does not match its contents")

@@ -22,16 +22,18 @@ from .wire import decode_message, encode_message, message_nbytes
 
 
 class GridCodec:
-    def __init__(self, numel: int, bits: int, seed: int) -> None:
-        self.numel, self.bits, self.seed = int(numel), int(bits), seed
-        self.message_nbytes = message_nbytes(self.numel, self.bits)
+    """``block_size`` > 0: one grid per that many elements (a version-2 message, see :mod:`.blocks`)."""
+
+    def __init__(self, numel: int, bits: int, seed: int, block_size: int = 0) -> None:
+        self.numel, self.bits, self.seed, self.block_size = int(numel), int(bits), seed, int(block_size)
+        self.message_nbytes = message_nbytes(self.numel, self.bits, self.block_size)
 
     def encode(self, x: Tensor, sender: int, iteration: int, out: Tensor) -> None:
-        encode_message(x, self.bits, sender, iteration, seed=self.seed, out=out)
+        encode_message(x, self.bits, sender, iteration, seed=self.seed, out=out, block_size=self.block_size)
 
     def decode(self, message: Tensor, sender: int, iteration: int, out: Tensor) -> Tensor:
         return decode_message(message, expected_bits=self.bits, expected_count=self.numel, expected_sender=sender,
-                              expected_iteration=iteration, out=out)[1]
+                              expected_iteration=iteration, expected_block_size=self.block_size, out=out)[1]
 
 
 class SparseCodec:
@@ -52,10 +54,12 @@ class SparseCodec:
         return out.copy_(self.inner.decode(message, sender, iteration))
 
 
-def difference_codec(kind: str, like: Tensor, bits: int, k_ratio: float, seed: int) -> GridCodec | SparseCodec:
-    """The codec of ``compression.differences``: ``grid`` at ``compression.bits``, ``topk`` or ``sign``."""
+def difference_codec(kind: str, like: Tensor, bits: int, k_ratio: float, seed: int,
+                     block_size: int = 0) -> GridCodec | SparseCodec:
+    """The codec of ``compression.differences``: ``grid`` at ``compression.bits`` (per ``block_size``
+    elements when > 0), ``topk`` or ``sign``."""
     if kind == "grid":
-        return GridCodec(like.numel(), bits, seed)
+        return GridCodec(like.numel(), bits, seed, block_size)
     if kind in ("topk", "sign"):
         return SparseCodec(kind, like, k_ratio)
     raise ValueError(f"compression.differences={kind!r}: choose one of {', '.join(DIFFERENCE_KINDS)}")

@@ -34,6 +34,7 @@ from .wire import decode_message, encode_message
 LOCK_WAIT_S = 600.0  # a process holding the lock longer than this is stuck: compile without it
 _QUANTIZED_KERNELS = ("_quantize_pack_kernel", "_unpack_dequantize_kernel", "_quantize_codes")
 _PACKING_KERNELS = ("_pack", "_unpack")
+_BLOCKED_KERNELS = ("_quantize_pack_blocks_kernel", "_unpack_dequantize_blocks_kernel")
 
 
 def _lock_path() -> Path:
@@ -88,12 +89,14 @@ def _one_at_a_time(needed: bool = True) -> Iterator[None]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def warm_up(device: torch.device | str = "cpu", bits: int | None = 4, *, block_sign: bool = False) -> float:
+def warm_up(device: torch.device | str = "cpu", bits: int | None = 4, *, block_sign: bool = False,
+            block_size: int = 0) -> float:
     """Compile or load the fused kernels a run on ``device`` uses, now; return the seconds it took.
 
     ``bits``: the run's ``compression.bits`` when its models travel quantized (1..8: the message kernels;
     numba serves every width with one compiled version, Triton compiles one per width), else None or 16/32
-    (no kernel). ``block_sign``: a parameter-server run with ``ps.compressor=blocksign`` (numba bit packing).
+    (no kernel). ``block_size``: the run's ``compression.block_size`` (> 0: the block-wise kernels too;
+    Triton specializes on the size). ``block_sign``: a parameter-server run with ``ps.compressor=blocksign`` (numba bit packing).
     A run that uses no kernel costs nothing here, not even numba's import. Does nothing on the reference
     path (``QTD_COMPRESS_BACKEND=reference``, or neither numba nor Triton available); a fast path that fails
     here falls back to the reference path as it would later.
@@ -104,12 +107,15 @@ def warm_up(device: torch.device | str = "cpu", bits: int | None = 4, *, block_s
         return 0.0
     started = time.monotonic()
     x = torch.linspace(-1.0, 1.0, 67, device=device)  # not a multiple of 8: the tail loops compile too
-    kernels = (_QUANTIZED_KERNELS if quantized else ()) + (_PACKING_KERNELS if block_sign else ())
+    kernels = ((_QUANTIZED_KERNELS if quantized else ()) + (_BLOCKED_KERNELS if quantized and block_size else ())
+               + (_PACKING_KERNELS if block_sign else ()))
     compiling = device.type != "cpu" or select_backend(device) != "numba" or not _numba_cached(kernels)
     with _one_at_a_time(needed=compiling):
         if quantized:
             decode_message(encode_message(x, bits, sender=0, iteration=0))
             quantize(x, bits, key=0)  # the simulator's messages
+            if block_size:
+                decode_message(encode_message(x, bits, sender=0, iteration=0, block_size=block_size))
         if block_sign:
             packed = pack_bits((x >= 0).to(torch.uint8), 1)
             unpack_bits(packed, 1, x.numel())
@@ -122,4 +128,4 @@ def warm_up_for(config, device: torch.device | str = "cpu") -> float:
     """:func:`warm_up` with what a run of ``config`` (a :class:`qtd.config.Config`) uses."""
     if config.mode == "ps":
         return warm_up(device, None, block_sign=config.ps.compressor == "blocksign")
-    return warm_up(device, config.compression.bits)
+    return warm_up(device, config.compression.bits, block_size=config.compression.block_size)

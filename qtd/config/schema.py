@@ -142,10 +142,14 @@ class CompressionConfig:
     bits: int = 4  # 1..8: stochastic quantization; 16: half precision; 32: raw float32
     differences: str = "grid"  # choco, quantimed_choco: grid (compression.bits), topk or sign (with its norm)
     k_ratio: float = 0.01  # differences=topk: share of the elements sent
+    block_size: int = 0  # 0: one grid per message; B: one grid (offset, scale) per B elements (a multiple of 8)
 
     def __post_init__(self) -> None:
         if self.bits not in ALLOWED_BITS:
             _fail("compression.bits", self.bits, "use 1..8 (quantized), 16 (half) or 32 (raw)")
+        if not 0 <= self.block_size <= 2**30 or self.block_size % 8:
+            _fail("compression.block_size", self.block_size,
+                  "use 0 (one grid per message) or a positive multiple of 8 up to 2**30, e.g. 256")
         _choice("compression.differences", self.differences, DIFFERENCE_KINDS)
         if not 0 < self.k_ratio <= 1:
             _fail("compression.k_ratio", self.k_ratio, "must be in (0, 1]: the share of the elements TopK sends")
@@ -320,6 +324,12 @@ class Config:
             _fail("compression.differences", self.compression.differences,
                   f"TopK and sign compress CHOCO's differences (algorithm.name=choco or quantimed_choco), not "
                   f"{spec.name}'s messages; leave compression.differences=grid")
+        if self.compression.block_size and (self.mode != "decentralized" or not spec.allowed_bits
+                                            or bits not in QUANTIZED_BITS or self.compression.differences != "grid"):
+            _fail("compression.block_size", self.compression.block_size,
+                  "block-wise grids cut quantized model messages (compression.bits 1..8, "
+                  "compression.differences=grid, an algorithm that sends its model); this run's messages have "
+                  "no grid: use block_size=0")
         if (self.mode == "decentralized" and self.topology.kind in TIME_VARYING_TOPOLOGIES
                 and spec.runner in (Runner.ASYNC, Runner.DIFFERENCE_GOSSIP)):
             _fail("topology.kind", self.topology.kind,

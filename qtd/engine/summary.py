@@ -33,6 +33,8 @@ def build_summary(*, algorithm: str, spec: AlgorithmSpec, config: Config, nodes:
     bits = wire_bits(spec, config)
     if bits is not None:
         summary["bits"] = bits
+    if config.compression.block_size:
+        summary["block_size"] = config.compression.block_size
     summary.update({"samples_per_iteration": [round(float(v), 3) for v in samples_per_iteration],
                     "bytes_sent_per_node": [int(v) for v in bytes_sent_per_node],
                     "backend": backend, "device": device, "wall_s": wall_s})

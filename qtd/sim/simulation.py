@@ -97,12 +97,14 @@ class Simulation:
         self.local = LocalOptimizer(algo.local_sgd(config.run.iterations), self.models)  # one row per node
         self.speeds = SpeedModel.from_config(emu, seed)
         self.time = TimeModel(emu.comm_time_s, emu.link_latency_s, self.n, self.numel, algo.overlap)
-        self.bits = config.compression.bits
-        self.codec = MessageCodec(self.numel, self.bits, seed, self.device)
         compression = config.compression
+        self.bits = compression.bits
+        self.codec = MessageCodec(self.numel, self.bits, seed, self.device, compression.block_size)
+        if compression.block_size:  # each block's offset and scale: 64 bits per block_size values on the link
+            self.bits = compression.bits + 64 / compression.block_size
         self.sparse = None  # CHOCO's TopK or sign differences: one message per node, as a real node encodes it
         if compression.differences != "grid":
-            self.sparse = difference_codec(compression.differences, start, self.bits, compression.k_ratio, seed)
+            self.sparse = difference_codec(compression.differences, start, compression.bits, compression.k_ratio, seed)
             self.codec.nbytes = self.sparse.message_nbytes
             self.bits = 8 * self.sparse.message_nbytes / self.numel  # what a value costs on the link (time model)
         self.evaluator = problem_evaluator(self.problem, self.device, getattr(self.gradients, "flats", ()))

@@ -26,14 +26,14 @@ def _gossip(parts) -> GossipStep:
     return GossipStep(parts.world, parts.spec, parts.flat, parts.gradients(algo.batch_size, deadline,
                                                                             algo.micro_batch_size),
                       parts.views, config.compression.bits, parts.sizes, algo.overlap, config.run.seed, parts.link,
-                      parts.local)
+                      parts.local, config.compression.block_size)
 
 
 def _difference_gossip(parts) -> DifferenceGossipStep:
     algo, config, compression = parts.config.algorithm, parts.config, parts.config.compression
     deadline = algo.deadline_s if parts.spec.deadline_bound else None
     codec = difference_codec(compression.differences, parts.flat.params, compression.bits, compression.k_ratio,
-                             config.run.seed)
+                             config.run.seed, compression.block_size)
     return DifferenceGossipStep(parts.world, parts.spec, parts.flat,
                                 parts.gradients(algo.batch_size, deadline, algo.micro_batch_size), parts.views,
                                 codec, parts.sizes, algo.overlap, parts.link, parts.local)
@@ -50,11 +50,13 @@ def _async(parts) -> AsyncDSGDStep:
     """Collective (the channel creates its gloo group): every node builds its step at the same time."""
     config, algo = parts.config, parts.config.algorithm
     channel = AsyncNeighbourChannel(parts.world, parts.view.neighbours,
-                                    message_nbytes(parts.flat.numel, config.compression.bits), algo.max_in_flight,
+                                    message_nbytes(parts.flat.numel, config.compression.bits,
+                                                   config.compression.block_size), algo.max_in_flight,
                                     parts.link, config.comm.timeout_s)
     return AsyncDSGDStep(parts.world, parts.spec, parts.flat,
                          parts.gradients(algo.batch_size, None, algo.micro_batch_size), parts.view,
-                         config.compression.bits, parts.sizes, config.run.seed, channel, parts.local)
+                         config.compression.bits, parts.sizes, config.run.seed, channel, parts.local,
+                         config.compression.block_size)
 
 
 def _ps(parts) -> PSStep:

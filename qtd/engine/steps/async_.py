@@ -17,7 +17,7 @@ import torch
 
 from ...algorithms import AlgorithmSpec, LocalOptimizer, LocalSGD, StepSizes, mix_neighbours
 from ...comm import AsyncNeighbourChannel, World, barrier
-from ...compress import decode_message, encode_message
+from ...compress.message_codec import GridCodec
 from ...models import FlatModel
 from ...topology import NodeView
 from ..clock import TrainingClock
@@ -55,10 +55,11 @@ class AsyncDSGDStep(Step):
 
     def __init__(self, world: World, spec: AlgorithmSpec, flat: FlatModel, gradients: GradientSource, view: NodeView,
                  bits: int, sizes: StepSizes, seed: int, channel: AsyncNeighbourChannel,
-                 local: LocalSGD = LocalSGD()) -> None:
+                 local: LocalSGD = LocalSGD(), block_size: int = 0) -> None:
         self.world, self.rank = world, world.rank
         self.spec, self.flat, self.gradients, self.view = spec, flat, gradients, view
         self.bits, self.sizes, self.seed = bits, sizes, seed
+        self.codec = GridCodec(flat.numel, bits, seed, block_size)
         self.channel = channel
         self.clock = TrainingClock()
         x0 = flat.params.detach()
@@ -92,8 +93,7 @@ class AsyncDSGDStep(Step):
             message = arrival.message
             if message.device != self._inbound.device:
                 message = self._inbound.copy_(message)
-            decode_message(message, expected_bits=self.bits, expected_count=self.flat.numel, expected_sender=j,
-                           expected_iteration=arrival.version, out=self.latest[j])
+            self.codec.decode(message, j, arrival.version, self.latest[j])
             fresh += arrival.version > self.version[j]
             self.version[j], self.produced_at[j] = arrival.version, arrival.produced_at
             if arrival.final:
@@ -119,7 +119,7 @@ class AsyncDSGDStep(Step):
         stale_iters = {j: self.newest_known[j] - self.version[j] for j in self.view.neighbours}
         stale_s = {j: self.clock.age(self.produced_at[j]) for j in self.view.neighbours}
         self.staleness.add(stale_iters, stale_s)
-        encode_message(x.detach(), self.bits, self.rank, iteration + 1, seed=self.seed, out=self._encoded)
+        self.codec.encode(x.detach(), self.rank, iteration + 1, self._encoded)
         codec_s = time.monotonic() - t0
         t0 = time.monotonic()
         self.channel.send(self._encoded, iteration + 1)
@@ -131,8 +131,7 @@ class AsyncDSGDStep(Step):
 
     def finish(self, iterations_done: int) -> None:
         """Send the final model (version ``iterations_done``), flagged FINAL: this node stops updating."""
-        encode_message(self.flat.params.detach(), self.bits, self.rank, iterations_done, seed=self.seed,
-                       out=self._encoded)
+        self.codec.encode(self.flat.params.detach(), self.rank, iterations_done, self._encoded)
         self.channel.finish(self._encoded, iterations_done)
 
     def close(self) -> None:

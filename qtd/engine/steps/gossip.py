@@ -14,6 +14,7 @@ from ...comm import LinkModel, World
 from ...models import FlatModel
 from ...topology import NodeView
 from .base import GradientSource, Step, StepStats, stats_from
+from ...compress.message_codec import GridCodec
 from .model_exchange import ModelExchange
 
 
@@ -27,11 +28,12 @@ class GossipStep(Step):
 
     def __init__(self, world: World, spec: AlgorithmSpec, flat: FlatModel, gradients: GradientSource,
                  views: NodeView | Sequence[NodeView], bits: int, sizes: StepSizes, overlap: bool, seed: int,
-                 link: LinkModel | None = None, local: LocalSGD = LocalSGD()) -> None:
+                 link: LinkModel | None = None, local: LocalSGD = LocalSGD(), block_size: int = 0) -> None:
         self.world, self.spec, self.flat, self.gradients = world, spec, flat, gradients
         self.bits, self.sizes, self.overlap, self.seed = bits, sizes, overlap, seed
         # one view per iteration of a period: a time-varying topology changes the peers every iteration
-        self.exchange = ModelExchange(world, views, [(flat.numel, bits)], seed, flat.params.device, link)
+        self.exchange = ModelExchange(world, views, [GridCodec(flat.numel, bits, seed, block_size)], seed,
+                                      flat.params.device, link)
         self.local = LocalOptimizer(local, flat.params)
 
     def step(self, iteration: int) -> StepStats:
