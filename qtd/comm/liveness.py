@@ -7,19 +7,49 @@ stamping), and a node that gives up writes whom it blames before it leaves. :met
 then follows the chain: a silent node that recorded no blame stopped or died on its own and is the
 cause; a node that left because of another points to that one. Every node, and the launcher, thus
 names the same node.
+
+A SIGSTOP-ed node 0 still holds the store's socket open, and the store then answers nothing: a read
+would wait forever whatever the store's timeout says. So every read or write on the failure path runs
+in a helper thread that is given up on after a bounded wait (:func:`_bounded`), and an unanswered store
+counts as unreachable.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 import time
 
 import torch.distributed as dist
 
 PERIOD_S = 0.5
+STORE_WAIT_S = 3.0  # how long a failing node waits for the store to answer before it calls it unreachable
 _ALIVE = "qtd/alive/{}"
 _BLAME = "qtd/blame/{}"
+
+
+def _bounded(call, seconds: float = STORE_WAIT_S):
+    """``call()``'s result, or None when it raised RuntimeError/ValueError or did not return in ``seconds``
+    (it is then left running in a daemon thread: the process is about to leave)."""
+    answer: list = []
+
+    def run() -> None:
+        try:
+            answer.append(call())
+        except (RuntimeError, ValueError):
+            pass
+
+    thread = threading.Thread(target=run, name="qtd-store-read", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return answer[0] if answer else None
+
+
+def _node_zero_hosts_the_store() -> bool:
+    """Whether the workers' store lives in node 0's process: it does when torchrun is told not to share its
+    rendezvous store (qtd's launchers all do) or when no torchrun agent started this process."""
+    return os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == "1" or "TORCHELASTIC_RUN_ID" not in os.environ
 
 
 class Heartbeat:
@@ -45,14 +75,12 @@ class Heartbeat:
 
     def record_blame(self, culprit: int | None) -> None:
         """Before this node leaves after a failure: whom it blames (-1: it could not tell)."""
-        try:
-            self._store.set(_BLAME.format(self.rank), str(-1 if culprit is None else culprit))
-        except RuntimeError:
-            pass
+        _bounded(lambda: self._store.set(_BLAME.format(self.rank), str(-1 if culprit is None else culprit)) or True)
 
     def _read(self) -> tuple[dict[int, float], dict[int, int]] | None:
-        """(last heartbeat per node, recorded blame per node), or None when the store is unreachable."""
-        try:
+        """(last heartbeat per node, recorded blame per node), or None when the store is unreachable or does
+        not answer (its host is stopped)."""
+        def read() -> tuple[dict[int, float], dict[int, int]]:
             self._store.set_timeout(datetime.timedelta(seconds=2))
             beats, blames = {}, {}
             for rank in range(self.size):
@@ -63,8 +91,8 @@ class Heartbeat:
                 if self._store.check([_BLAME.format(rank)]):
                     blames[rank] = int(self._store.get(_BLAME.format(rank)))
             return beats, blames
-        except (RuntimeError, ValueError):
-            return None
+
+        return _bounded(read)
 
     def culprit(self, suspect: int | None, settle_s: float = 3 * PERIOD_S) -> tuple[int | None, str]:
         """After a failure: the node that caused it, and a phrase saying how it is known.
@@ -75,8 +103,10 @@ class Heartbeat:
         time.sleep(settle_s)
         seen = self._read()
         if seen is None:
+            if _node_zero_hosts_the_store():
+                return 0, "the rendezvous store, which node 0 hosts, is unreachable or does not answer: node 0 stopped or is gone"
             return (suspect if suspect is not None else 0), (
-                "the rendezvous store is unreachable too, so the node hosting it (node 0, or the launcher) is gone")
+                "the rendezvous store is unreachable too, so the launcher hosting it is gone")
         beats, blames = seen
         now = time.time()
         silent = sorted((t, r) for r, t in beats.items() if now - t > 2 * PERIOD_S and r not in blames)
