@@ -11,6 +11,9 @@ and decode_message pick automatically on CPU; ``reference_*`` the plain-torch pa
 ``copy_gbps`` counts bytes read plus written by ``dst.copy_(src)`` (80 MB per pass), ``copy_input_gbps``
 only the 40 MB read, comparable with the other figures. ``cpu_time_*`` repeat the fast path's figures per
 second of the thread's CPU time: on a shared machine they show what the code does when it gets the core.
+``blocks_*`` time the same fast path with block-wise grids (``compression.block_size`` = 256: one offset and
+scale per 256 elements, their min/max pass included), and ``blocks_vs_one_grid`` divides their throughput by
+one grid's: the speed class of the block-wise kernels.
 """
 
 from __future__ import annotations
@@ -33,10 +36,12 @@ from functools import partial  # noqa: E402
 import torch  # noqa: E402
 
 from qtd.compress import noise_key, packed_nbytes, quantize_pack, select_backend, unpack_dequantize  # noqa: E402
+from qtd.compress.fused import quantize_pack_blocks, unpack_dequantize_blocks  # noqa: E402
 
 from _common import OUT_HELP, results_dir  # noqa: E402
 
 BITS = (1, 2, 4, 8)
+BLOCK_SIZE = 256
 NAME = "compress_throughput"
 
 
@@ -53,18 +58,36 @@ def median_seconds(fn: Callable[[], object], repeats: int) -> tuple[float, list[
     return statistics.median(wall), wall, cpu
 
 
-def measure_path(x: torch.Tensor, backend: str, repeats: int) -> dict[str, dict]:
+def _coders(x: torch.Tensor, bits: int, key: int, packed: torch.Tensor, values: torch.Tensor, backend: str,
+            block_size: int) -> tuple[Callable[[], object], Callable[[], Callable[[], object]]]:
+    """(encode, make_decode): one grid per message (block_size 0) or one per block of ``block_size``."""
+    if not block_size:
+        encode = partial(quantize_pack, x, bits, key, out=packed, backend=backend)
+
+        def make_decode() -> Callable[[], object]:
+            grid = encode()[1]
+            return partial(unpack_dequantize, packed, bits, x.numel(), grid.offset, grid.scale, out=values,
+                           backend=backend)
+        return encode, make_decode
+    encode = partial(quantize_pack_blocks, x, bits, key, block_size, out=packed, backend=backend)
+
+    def make_block_decode() -> Callable[[], object]:
+        grids = encode()[1]
+        return partial(unpack_dequantize_blocks, packed, bits, x.numel(), grids.offsets, grids.scales, block_size,
+                       out=values, backend=backend)
+    return encode, make_block_decode
+
+
+def measure_path(x: torch.Tensor, backend: str, repeats: int, block_size: int = 0) -> dict[str, dict]:
     quant, unpack, quant_cpu, unpack_cpu, raw = {}, {}, {}, {}, {}
     input_gb = x.numel() * 4 / 1e9
     for bits in BITS:
         key = noise_key(0, 0, bits)
         packed = torch.empty(packed_nbytes(x.numel(), bits), dtype=torch.uint8)
         values = torch.empty_like(x)
-        encode = partial(quantize_pack, x, bits, key, out=packed, backend=backend)
+        encode, make_decode = _coders(x, bits, key, packed, values, backend, block_size)
         t_q, wall_q, cpu_q = median_seconds(encode, repeats)
-        _, grid = encode()
-        decode = partial(unpack_dequantize, packed, bits, x.numel(), grid.offset, grid.scale, out=values,
-                         backend=backend)
+        decode = make_decode()
         t_u, wall_u, cpu_u = median_seconds(decode, repeats)
         quant[str(bits)] = round(input_gb / t_q, 4)
         unpack[str(bits)] = round(input_gb / t_u, 4)
@@ -72,21 +95,28 @@ def measure_path(x: torch.Tensor, backend: str, repeats: int) -> dict[str, dict]
         unpack_cpu[str(bits)] = round(input_gb / statistics.median(cpu_u), 4)
         raw[str(bits)] = {"quant_pack_s": wall_q, "unpack_dequant_s": wall_u,
                           "quant_pack_cpu_s": cpu_q, "unpack_dequant_cpu_s": cpu_u}
-        print(f"  {backend:9s} s={bits}: quantize+pack {quant[str(bits)]:7.3f} GB/s   "
+        label = f"{backend} B={block_size}" if block_size else backend
+        print(f"  {label:9s} s={bits}: quantize+pack {quant[str(bits)]:7.3f} GB/s   "
               f"unpack+dequantize {unpack[str(bits)]:7.3f} GB/s   "
               f"(per CPU-second: {quant_cpu[str(bits)]:.3f} / {unpack_cpu[str(bits)]:.3f})", flush=True)
     return {"quant_pack_gbps": quant, "unpack_dequant_gbps": unpack, "cpu_time_quant_pack_gbps": quant_cpu,
             "cpu_time_unpack_dequant_gbps": unpack_cpu, "seconds": raw}
 
 
-def check_paths_agree(x: torch.Tensor, fast: str) -> None:
+def check_paths_agree(x: torch.Tensor, fast: str, block_size: int = 0) -> None:
     """The fast path must produce the reference path's exact bytes and values on the benchmark's own data."""
     sample = x[: 1_000_003]
     for bits in BITS:
         key = noise_key(0, 0, bits)
-        ref, ref_grid = quantize_pack(sample, bits, key, backend="reference")
-        got, grid = quantize_pack(sample, bits, key, backend=fast)
-        if grid != ref_grid or not torch.equal(ref, got):
+        if block_size:
+            ref, ref_grids = quantize_pack_blocks(sample, bits, key, block_size, backend="reference")
+            got, grids = quantize_pack_blocks(sample, bits, key, block_size, backend=fast)
+            same_grid = torch.equal(ref_grids.offsets, grids.offsets) and torch.equal(ref_grids.scales, grids.scales)
+        else:
+            ref, ref_grid = quantize_pack(sample, bits, key, backend="reference")
+            got, grid = quantize_pack(sample, bits, key, backend=fast)
+            same_grid = grid == ref_grid
+        if not same_grid or not torch.equal(ref, got):
             raise SystemExit(f"{fast} path disagrees with the reference at s={bits}: not timing a wrong kernel")
 
 
@@ -103,10 +133,16 @@ def plot(result: dict, path: Path) -> None:
         ("quantize+pack (reference)", summary["reference_quant_pack_gbps"]),
         ("unpack+dequantize (reference)", summary["reference_unpack_dequant_gbps"]),
     ]
+    if "blocks_quant_pack_gbps" in summary:
+        series += [(f"quantize+pack, B = {summary['block_size']} ({summary['fast_path']})",
+                    summary["blocks_quant_pack_gbps"]),
+                   (f"unpack+dequantize, B = {summary['block_size']} ({summary['fast_path']})",
+                    summary["blocks_unpack_dequant_gbps"])]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
     width = 0.8 / len(series)
     for i, (label, values) in enumerate(series):
-        ax.bar([b + (i - 1.5) * width for b in range(len(BITS))], [values[str(b)] for b in BITS], width, label=label)
+        ax.bar([b + (i - (len(series) - 1) / 2) * width for b in range(len(BITS))], [values[str(b)] for b in BITS],
+               width, label=label)
     ax.axhline(summary["copy_input_gbps"], color="k", linestyle="--", label="torch copy (input bytes)")
     for target, what in ((1.0, "quantize+pack"), (2.0, "unpack+dequantize")):
         ax.axhline(target, color="grey", linestyle=":", linewidth=1)
@@ -150,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     if fast != "reference":
         check_paths_agree(x, fast)
         paths[fast] = measure_path(x, fast, fast_repeats)
+        check_paths_agree(x, fast, BLOCK_SIZE)
+        paths[f"{fast}_blocks"] = measure_path(x, fast, fast_repeats, BLOCK_SIZE)
     copy_times += median_seconds(lambda: copy_dst.copy_(x), 2 * fast_repeats)[1]
     t_copy = statistics.median(copy_times)
     paths["reference"] = measure_path(x, "reference", ref_repeats)
@@ -165,6 +203,16 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_time_unpack_dequant_gbps": paths[fast]["cpu_time_unpack_dequant_gbps"],
         "fast_path": fast,
     }
+    if f"{fast}_blocks" in paths:
+        blocks = paths[f"{fast}_blocks"]
+        summary.update({
+            "block_size": BLOCK_SIZE,
+            "blocks_quant_pack_gbps": blocks["quant_pack_gbps"],
+            "blocks_unpack_dequant_gbps": blocks["unpack_dequant_gbps"],
+            "blocks_vs_one_grid": {
+                what: {b: round(blocks[key][b] / paths[fast][key][b], 3) for b in blocks[key]}
+                for what, key in (("quant_pack", "quant_pack_gbps"), ("unpack_dequant", "unpack_dequant_gbps"))},
+        })
     try:
         import numba
 

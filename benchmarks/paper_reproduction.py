@@ -23,6 +23,13 @@ Procedure, the same for every method:
 4. Effect of T_d and of s on QuanTimed-DSGD: the loss held at time H (its best time to target) when only T_d
    (or s) differs from the best settings, and the best time to target at each T_d over the step-size grid.
 
+Beyond the paper (same setting, same grids of s-bit messages): CHOCO-SGD (``choco``, compressed differences
+against public copies, fixed batch) is tuned as a fifth baseline and QuanTimed-CHOCO (``quantimed_choco``,
+the deadline with CHOCO's exchange) as a second qtd method, both over alpha x gamma x their compute knob,
+then s; the summary compares qtd's best deadline-bound method with every tuned baseline
+(``best_speedup_vs_*``). Then each qtd method runs once more with ``deadline_s: auto`` and its other best
+settings (T_d untuned): ``auto_deadline_vs_best_fixed`` is its time to L* over the best fixed T_d's.
+
 Every simulated run is cached as JSON (``--cache``, default runs/paper_reproduction_cache): an
 interrupted benchmark continues where it stopped. Step sizes are constant (``schedule=constant``). The
 paper's alpha = 0.2 for DSGD and async DSGD is in their grid; its values for the quantized methods at T = 700
@@ -62,8 +69,11 @@ from qtd.sim import Simulation  # noqa: E402
 NAME = "paper_reproduction"
 BASE_CONFIG = REPO / "configs" / "paper" / "quantimed.yaml"
 METHODS = ("quantimed", "qdsgd", "dsgd", "async_dsgd")
+QTD_METHODS = ("quantimed", "quantimed_choco")  # qtd's deadline-bound methods; the best one is compared below
+BASELINES = ("dsgd", "qdsgd", "async_dsgd", "choco")
 LABELS = {"quantimed": "QuanTimed-DSGD", "qdsgd": "Q-DSGD", "dsgd": "DSGD", "async_dsgd": "Asynchronous DSGD",
-          "allreduce_sgd": "All-reduce SGD"}
+          "allreduce_sgd": "All-reduce SGD", "choco": "CHOCO-SGD", "quantimed_choco": "QuanTimed-CHOCO"}
+BEYOND_TARGETS = {"dsgd": 4.0, "qdsgd": 2.0, "async_dsgd": 1.8, "choco": 1.3}  # the targets of the extended study
 PAPER_CLAIMS = {"dsgd": 3.0, "qdsgd": 2.0, "async_dsgd": 1.3}
 EVAL_SPACING_S = 20.0  # virtual seconds between evaluations (rounded to whole iterations)
 
@@ -87,11 +97,18 @@ class Plan:
     deadlines: tuple[float, ...] = (0.5, 1.0, 2.0, 0.25)
     start_deadline: float = 1.0
     batches: tuple[int, ...] = (10, 20, 40, 5, 80)  # Q-DSGD and async DSGD (DSGD keeps the paper's B = 20)
+    # CHOCO-SGD and QuanTimed-CHOCO (compressed differences): the gradient step alpha (not alpha * eps) from the
+    # DSGD grid, CHOCO's consensus step gamma, the compute knob, then s around the best; differences shrink as
+    # the models agree, so fewer bits are tried too.
+    gammas: tuple[float, ...] = (0.4, 0.8)
+    choco_batches: tuple[int, ...] = (10, 20, 40)
+    choco_bits: tuple[int, ...] = (1, 2, 3, 4, 6)
     level_iterations: tuple[int, ...] = (100, 200, 350, 500, 700)
 
 
 QUICK = Plan(nodes=10, dsgd_iterations=60, gossip_alphas=(0.2, 0.5), quant_alphas=(0.4,), quant_eps=(0.567, 1.0),
-             bits=(2, 4), deadlines=(0.5, 1.0), batches=(20,), level_iterations=(20, 40, 60))
+             bits=(2, 4), deadlines=(0.5, 1.0), batches=(20,), level_iterations=(20, 40, 60), gammas=(0.6,),
+             choco_batches=(20,), choco_bits=(2, 4))
 
 
 @dataclass
@@ -140,6 +157,7 @@ class Runner:
             "algorithm.schedule=constant", f"algorithm.alpha={settings['alpha']}",
             f"algorithm.eps={settings.get('eps', 1.0)}", f"algorithm.batch_size={settings.get('batch', 20)}",
             f"algorithm.deadline_s={settings.get('deadline', 1.0)}", "algorithm.overlap=false",
+            f"algorithm.gamma={settings.get('gamma', 0.3)}",
             f"compression.bits={bits}", f"run.iterations={iterations}", f"run.eval_every={eval_every}",
             f"run.time_budget_s={budget_s if budget_s < 1e6 else 0}", "run.progress=false", "run.out_dir=runs/paper_reproduction_unused",
         ]
@@ -150,13 +168,14 @@ class Runner:
         t_c, n = config.emulation.comm_time_s, self.plan.nodes
         slowest = settings.get("batch", 20) / (10.0 + 80.0 / (n + 1))  # E[min of n U(10, 90)]
         bits = settings.get("bits", 16)
-        if algorithm == "quantimed":
-            return settings["deadline"] + t_c * bits / 16
+        if algorithm in QTD_METHODS:
+            deadline = settings["deadline"]
+            return (0.25 if deadline == "auto" else deadline) + t_c * bits / 16
         if algorithm == "async_dsgd":  # one round: every node steps once, at about the mean pace
             return settings.get("batch", 20) * math.log(9) / 80 + t_c
         if algorithm == "allreduce_sgd":
             return slowest + 4 * t_c * (n - 1) / n
-        return slowest + t_c * (bits if algorithm == "qdsgd" else 16) / 16
+        return slowest + t_c * (bits if algorithm in ("qdsgd", "choco") else 16) / 16
 
     def run(self, label: str, algorithm: str, settings: dict[str, Any], budget_s: float,
             stop_at_loss: float | None, iterations: int | None = None) -> Run:
@@ -264,7 +283,8 @@ def plot_curves(curves: dict[str, Run], target: float, t_dsgd: float, path: Path
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    styles = {"quantimed": "-", "qdsgd": "--", "dsgd": "-.", "async_dsgd": ":", "allreduce_sgd": (0, (1, 3))}
+    styles = {"quantimed": "-", "qdsgd": "--", "dsgd": "-.", "async_dsgd": ":", "allreduce_sgd": (0, (1, 3)),
+              "choco": (0, (5, 1, 1, 1)), "quantimed_choco": (0, (8, 2))}
     for algorithm, run in curves.items():
         times = [row["time_s"] for row in run.rows if row["eval_loss"] is not None]
         losses = [row["eval_loss"] for row in run.rows if row["eval_loss"] is not None]
@@ -289,9 +309,11 @@ def _describe(run: Run) -> str:
     parts = [f"alpha={s['alpha']:g}"]
     if "eps" in s:
         parts.append(f"eps={s['eps']:g}")
-    if run.algorithm == "quantimed":
-        parts.append(f"T_d={s['deadline']:g}")
-    elif "batch" in s or run.algorithm != "quantimed":
+    if "gamma" in s:
+        parts.append(f"gamma={s['gamma']:g}")
+    if run.algorithm in QTD_METHODS:
+        parts.append(f"T_d={s['deadline']:g}" if s["deadline"] != "auto" else "T_d=auto")
+    elif "batch" in s or run.algorithm not in QTD_METHODS:
         parts.append(f"B={s.get('batch', 20)}")
     if "bits" in s:
         parts.append(f"s={s['bits']}")
@@ -379,6 +401,12 @@ def main() -> None:
                   ("bits", [{"bits": b} for b in plan.bits])],
         "async_dsgd": [("grid", [{**g, "batch": b} for b in batches for g in alpha_grid])],
         "allreduce_sgd": [("alpha", alpha_grid)],
+        "choco": [("grid", [{"alpha": g["alpha"], "gamma": c, "batch": b, "bits": plan.start_bits}
+                            for b in first(plan.choco_batches, 20) for c in plan.gammas for g in alpha_grid]),
+                  ("bits", [{"bits": b} for b in plan.choco_bits])],
+        "quantimed_choco": [("grid", [{"alpha": g["alpha"], "gamma": c, "deadline": d, "bits": plan.start_bits}
+                                      for d in deadlines for c in plan.gammas for g in alpha_grid]),
+                            ("bits", [{"bits": b} for b in plan.choco_bits])],
     }
     log("tuning " + ", ".join(LABELS[a] for a in searches) + f" ({args.jobs} at a time)")
     best: dict[str, Run | None] = {"dsgd": reference}  # DSGD's grid ran in step 1
@@ -390,13 +418,33 @@ def main() -> None:
     # 3. The best run of each method once more, without stopping at L*, for the curves and the table.
     log("full curves of the best runs")
     curves: dict[str, Run] = {"dsgd": reference}
-    others = ("quantimed", "qdsgd", "async_dsgd", "allreduce_sgd")
+    others = ("quantimed", "qdsgd", "async_dsgd", "allreduce_sgd", "choco", "quantimed_choco")
     jobs = [(plan, data_root, cache, started, f"{a}-curve", a, (best[a] or best_by_loss(tried[a])).settings,
              t_dsgd, None) for a in others]
     curves.update(zip(others, in_pool(_run_worker, jobs, args.jobs)))
 
-    time_to_target = {a: (best[a].time_to(target) if best[a] else None) for a in (*METHODS, "allreduce_sgd")}
+    time_to_target = {a: (best[a].time_to(target) if best[a] else None)
+                      for a in (*METHODS, "allreduce_sgd", "choco", "quantimed_choco")}
     quantimed_time = time_to_target["quantimed"]
+
+    # 3b. deadline_s: auto on each of qtd's deadline-bound methods, every other setting at its best (T_d untuned)
+    log("deadline_s: auto with each method's best other settings")
+    auto_jobs = [(plan, data_root, cache, started, f"{a}-auto", a,
+                  {**(best[a] or best_by_loss(tried[a])).settings, "deadline": "auto"}, budget, target)
+                 for a in QTD_METHODS]
+    auto_runs = dict(zip(QTD_METHODS, in_pool(_run_worker, auto_jobs, args.jobs)))
+    reached = [(time_to_target[a], a) for a in QTD_METHODS if time_to_target[a] is not None]
+    best_qtd = min(reached)[1] if reached else None
+    best_qtd_time = time_to_target[best_qtd] if best_qtd else None
+
+    def best_speedup(other: str) -> float | None:
+        if best_qtd_time is None or time_to_target[other] is None:
+            return None
+        return time_to_target[other] / best_qtd_time
+
+    def auto_ratio(algorithm: str) -> float | None:
+        auto_time, fixed = auto_runs[algorithm].time_to(target), time_to_target[algorithm]
+        return auto_time / fixed if auto_time is not None and fixed else None
 
     def speedup(other: str) -> float | None:
         if quantimed_time is None or time_to_target[other] is None:
@@ -455,6 +503,16 @@ def main() -> None:
         "time_to_target_at_batch_20_s": batch20,
         "speedup_at_batch_20": {f"speedup_vs_{a}": (t / quantimed_time if t and quantimed_time else None)
                                 for a, t in batch20.items()},
+        # Beyond the paper: qtd's best deadline-bound method against every tuned baseline, CHOCO-SGD included
+        "best_qtd_method": best_qtd,
+        **{f"best_speedup_vs_{a}": best_speedup(a) for a in BASELINES},
+        "beyond_targets": {f"best_speedup_vs_{a}": v for a, v in BEYOND_TARGETS.items()},
+        "meets_beyond_targets": {f"best_speedup_vs_{a}": (best_speedup(a) is not None and best_speedup(a) >= v)
+                                 for a, v in BEYOND_TARGETS.items()},
+        # deadline_s: auto against the best fixed T_d (time to L*, auto over fixed: 1.0 is as good, < 1 better)
+        "auto_deadline_vs_best_fixed": auto_ratio(best_qtd) if best_qtd else None,
+        "auto_deadline_vs_best_fixed_per_method": {a: auto_ratio(a) for a in QTD_METHODS},
+        "auto_deadline_final_s": {a: auto_runs[a].rows[-1].get("deadline_s") for a in QTD_METHODS},
     }
     result = {
         "summary": summary,
@@ -480,6 +538,9 @@ def main() -> None:
                                for v, r, best in sweeps["bits s"]],
             "qdsgd_bits": [{"bits": v, "time_to_target_s": r.time_to(target)} for v, r in qdsgd_bits],
         },
+        "auto_deadline": {a: {"settings": run.settings, "time_to_target_s": run.time_to(target),
+                              "rows": [{k: r.get(k) for k in ("iteration", "time_s", "eval_loss", "deadline_s")}
+                                       for r in run.rows]} for a, run in auto_runs.items()},
         "tuning": {a: [{"settings": r.settings, "time_to_target_s": r.time_to(target), "final_loss": r.final_loss,
                         "final_time_s": r.rows[-1]["time_s"]} for r in runs] for a, runs in tried.items()},
     }

@@ -132,7 +132,8 @@ class Decentralized:
         if not (isinstance(eps, (int, float)) and 0 < eps <= 1):
             _fail("eps", eps, "the consensus step must be in (0, 1]")
         if spec.deadline_bound and not (isinstance(deadline_s, (int, float)) and 0 < deadline_s < math.inf):
-            _fail("deadline_s", deadline_s, "the deadline T_d must be a finite number of seconds > 0")
+            _fail("deadline_s", deadline_s, "the deadline T_d must be a finite number of seconds > 0 (the "
+                  "self-tuning deadline, algorithm.deadline_s: auto, is for qtd launch and qtd sim runs)")
         if buffers not in BUFFER_MODES:
             _fail("buffers", buffers, "choose average (mix them like the model) or local (each node keeps its own)")
         if isinstance(speed, (int, float)) and not speed > 0:

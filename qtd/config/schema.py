@@ -85,7 +85,8 @@ class AlgorithmConfig:
     name: str = "quantimed"
     batch_size: int = 20  # B: the fixed batch of qdsgd, dsgd, async_dsgd and allreduce_sgd
     micro_batch_size: int = 5  # quantimed: gradients are computed in micro-batches until the deadline
-    deadline_s: float = 0.5  # T_d, quantimed only
+    deadline_s: float | str = 0.5  # T_d (deadline-bound algorithms), or auto: tuned online (qtd.deadline.auto)
+    deadline_start_s: float = 0.1  # deadline_s=auto: the T_d of the first window, before anything is measured
     alpha: float = 0.3  # schedule=paper: a0 in alpha = a0 / T^(1/6); schedule=constant: alpha itself
     eps: float = 15.0  # schedule=paper: e0 in eps = e0 / T^(1/2); constant: eps itself (quantized methods)
     gamma: float = 0.3  # choco, quantimed_choco: the consensus step on the public copies, in (0, 1], constant
@@ -105,7 +106,12 @@ class AlgorithmConfig:
         get_spec(self.name)  # the registry names the allowed algorithms
         _batch("algorithm.batch_size", self.batch_size)
         _batch("algorithm.micro_batch_size", self.micro_batch_size)
-        _duration("algorithm.deadline_s", self.deadline_s)
+        if isinstance(self.deadline_s, str):
+            if self.deadline_s != "auto":
+                _fail("algorithm.deadline_s", self.deadline_s, "must be a number of seconds > 0, or auto")
+        else:
+            _duration("algorithm.deadline_s", self.deadline_s)
+        _duration("algorithm.deadline_start_s", self.deadline_start_s)
         _positive("algorithm.alpha", self.alpha)
         _positive("algorithm.eps", self.eps)
         if not 0 < self.gamma <= 1:
@@ -128,6 +134,16 @@ class AlgorithmConfig:
             _fail("algorithm.decay_every", self.decay_every, "algorithm.lr_decay=step needs algorithm.decay_every >= 1")
         if not 0 < self.decay_gamma <= 1:
             _fail("algorithm.decay_gamma", self.decay_gamma, "must be in (0, 1]")
+
+    @property
+    def auto_deadline(self) -> bool:
+        """deadline_s=auto: T_d is tuned online from what the nodes measure."""
+        return self.deadline_s == "auto"
+
+    @property
+    def first_deadline_s(self) -> float:
+        """The T_d of the first iteration: the fixed deadline, or deadline_start_s with deadline_s=auto."""
+        return self.deadline_start_s if self.auto_deadline else float(self.deadline_s)
 
     def local_sgd(self, horizon: int) -> LocalSGD:
         """The local optimizer these keys describe, for a run of ``horizon`` iterations."""

@@ -248,7 +248,8 @@ class NodeDriver:
         counters.iterations += 1
         counters.last_update_s = now
         if self.spec.deadline_bound:
-            counters.overshoot_s.append(stats.compute_s - self.config.algorithm.deadline_s)
+            deadline_s = stats.log.get("deadline_s", self.config.algorithm.first_deadline_s)
+            counters.overshoot_s.append(stats.compute_s - deadline_s)
             if stats.micro_batches:
                 counters.micro_batch_s.append(stats.busy_s / stats.micro_batches)
         self._last_loss = stats.loss
@@ -263,7 +264,7 @@ class NodeDriver:
         counters, budget = self.counters, self.config.run.time_budget_s
         self.clock.pause()
         what = self.cadence.describe(iteration)
-        mine, sent = self.evaluator(self.flat, what)
+        mine, sent = self.evaluator(self.flat, what, gradient=self.step.evaluation_gradient)
         counters.eval_bytes += sent
         now = self.clock.now()
         values = {**mine, "time_s": now, "last_update_s": counters.last_update_s, "iterations": counters.iterations,
@@ -272,6 +273,7 @@ class NodeDriver:
                   "over_budget": float(bool(budget) and now >= budget), **self.step.eval_values()}
         table = gather_table(values, self.world, what)
         position, time_s, columns = self.cadence.position(iteration, table)
+        self.step.evaluated(table)
         point = point_from_table(table, position, time_s, {**columns, **self.step.eval_columns(table)})
         self.cadence.evaluated()
         if self.files.metrics is not None:

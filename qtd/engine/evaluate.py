@@ -17,6 +17,7 @@ from torch import Tensor
 from ..comm import World, all_reduce_sum, ring_allreduce_bytes
 from ..data import ArrayDataset
 from ..models import FlatModel
+from ..deadline.auto import MEAN_GRAD_SQ
 from .points import evaluate_sum
 
 
@@ -47,10 +48,20 @@ class Evaluator:
         self.average = average
         self.shard = eval_indices[world.rank::world.size]
 
-    def __call__(self, flat: FlatModel, what: str) -> tuple[dict[str, float], int]:
-        """This node's (deviation, loss_sum, correct, count) and the evaluation bytes it sent."""
+    def __call__(self, flat: FlatModel, what: str, gradient: bool = False) -> tuple[dict[str, float], int]:
+        """This node's (deviation, loss_sum, correct, count) and the evaluation bytes it sent. With ``gradient``
+        the nodes' gradients (``flat.grads``, of their last iteration) travel in the same all-reduce as the
+        models, and ``auto_mean_grad_sq`` is |mean_i g_i|^2 (``deadline_s: auto``, :mod:`qtd.deadline.auto`)."""
         world = self.world
-        if self.replicated:
+        extra: dict[str, float] = {}
+        if gradient and not self.replicated:
+            x = flat.params.detach()
+            both = all_reduce_sum(torch.cat([x, flat.grads.detach()]), world, what).div_(world.size)
+            average = self.average.params
+            average.copy_(both[:x.numel()])
+            extra[MEAN_GRAD_SQ] = float(both[x.numel():].double().square().sum())
+            module = self.average.module
+        elif self.replicated:
             x = flat.params.detach().to(torch.float64)
             average = all_reduce_sum(x.clone(), world, what).div_(world.size)
             module = flat.module
@@ -61,12 +72,12 @@ class Evaluator:
             all_reduce_sum(average, world, what)
             average.div_(world.size)
             module = self.average.module
-        sent = ring_allreduce_bytes(x.numel() * x.element_size(), world.size)
+        sent = ring_allreduce_bytes(x.numel() * x.element_size() * (2 if extra else 1), world.size)
         if not self.replicated:
             sent += self._average_buffers(flat, what)
         deviation = float(((x - average) ** 2).sum())
         loss_sum, correct, count = evaluate_sum(module, self.eval_set, self.shard, world.device)
-        return {"deviation": deviation, "loss_sum": loss_sum, "correct": correct, "count": count}, sent
+        return {"deviation": deviation, "loss_sum": loss_sum, "correct": correct, "count": count, **extra}, sent
 
     def _average_buffers(self, flat: FlatModel, what: str) -> int:
         """The nodes' mean float buffers (BatchNorm's running statistics) into the evaluated average model, so

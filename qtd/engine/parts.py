@@ -14,6 +14,7 @@ from ..comm import LinkModel, World
 from ..config import Config
 from ..data import NodeSampler
 from ..deadline import SpeedModel
+from ..deadline.auto import AutoDeadline
 from ..models import FlatModel
 from ..topology import NodeView, build_topology
 from .problem import Problem, build_problem, make_gradient_step, module_seed
@@ -64,8 +65,11 @@ class NodeParts:
 
     def gradients(self, batch_size: int, deadline_s: float | None, micro_batch_size: int) -> GradientSource:
         step = make_gradient_step(self.flat, self.sampler, self.world.device)
-        return GradientSource(self.flat, step, self.world.device, self.speed_of(), batch_size, deadline_s,
-                              micro_batch_size)
+        algo = self.config.algorithm
+        auto = (AutoDeadline(algo.deadline_start_s, algo.overlap, self.world.size)
+                if deadline_s is not None and algo.auto_deadline else None)
+        return GradientSource(self.flat, step, self.world.device, self.speed_of(), batch_size,
+                              auto.deadline_s if auto else deadline_s, micro_batch_size, auto)
 
 
 def build_parts(config: Config, world: World, spec: AlgorithmSpec) -> NodeParts:

@@ -44,6 +44,7 @@ from ..metrics import Progress
 from ..metrics.model_file import average_states
 from ..topology import build_topology
 from .clock import FLOAT32_BYTES, TimeModel
+from .auto import NetworkDeadline, rounding_terms
 from .events import EventQueue
 from .messages import MessageCodec
 from .outputs import SimRecorder
@@ -109,7 +110,10 @@ class Simulation:
             self.bits = 8 * self.sparse.message_nbytes / self.numel  # what a value costs on the link (time model)
         self.evaluator = problem_evaluator(self.problem, self.device, getattr(self.gradients, "flats", ()))
         buffer_numel = sum(b.numel() for b in self.problem.template.buffers() if b.is_floating_point())
-        self.bytes_per_evaluation = self.n * (ring_allreduce_bytes(FLOAT32_BYTES * self.numel, self.n) + (
+        auto = self.spec.deadline_bound and algo.auto_deadline
+        # deadline_s=auto: the models' all-reduce carries the gradients too (qtd.engine.evaluate.Evaluator)
+        carried = 2 if auto else 1
+        self.bytes_per_evaluation = self.n * (ring_allreduce_bytes(FLOAT32_BYTES * carried * self.numel, self.n) + (
             ring_allreduce_bytes(FLOAT32_BYTES * buffer_numel, self.n) if buffer_numel else 0))  # as real runs
         self.recorder = SimRecorder(config, write=write, node_logs=node_logs)
         self.show_progress = config.run.progress if progress is None else progress
@@ -120,6 +124,7 @@ class Simulation:
         self.rows: list[dict[str, Any]] = []
         self.events: list[tuple[float, int]] = []
         self.diverged_at: int | None = None
+        self.auto = NetworkDeadline(algo.deadline_start_s, algo.overlap, self.n) if auto else None
         self.stop_at_loss = stop_at_loss  # sweeps: stop at the first evaluation at or below this loss
         self.reached_target = False
 
@@ -131,22 +136,31 @@ class Simulation:
 
     # -- synchronous runners (gossip, collective) ---------------------------------------------------------
 
+    @property
+    def deadline_s(self) -> float:
+        """T_d of the current iteration: the fixed one, or the agreed one with deadline_s=auto."""
+        return self.auto.deadline_s if self.auto else self.config.algorithm.first_deadline_s
+
     def _sample_counts(self, speeds: list[float]) -> list[int]:
         algo = self.config.algorithm
         if self.spec.deadline_bound:
-            return [deadline_samples(v, algo.deadline_s) for v in speeds]
+            return [deadline_samples(v, self.deadline_s) for v in speeds]
         return [algo.batch_size] * self.n
 
     def _sync_iteration(self, t: int, decoded: Tensor) -> None:
         algo, n, spec = self.config.algorithm, self.n, self.spec
         speeds = self.speeds.speeds_at(n, t).tolist()
         counts = self._sample_counts(speeds)
-        grads, losses = self.gradients(self.models, counts, algo.micro_batch_size if spec.deadline_bound else None)
+        deadline_s, noise = self.deadline_s, None
+        if self.auto:
+            grads, losses, noise = self.gradients.halves(self.models, counts, algo.micro_batch_size)
+        else:
+            grads, losses = self.gradients(self.models, counts, algo.micro_batch_size if spec.deadline_bound else None)
         if spec.deadline_bound:
-            compute = [algo.deadline_s] * n
+            compute = [deadline_s] * n
         else:
             compute = [algo.batch_size / v for v in speeds]
-        step_s = self.time.iteration_s(spec, algo.deadline_s, algo.batch_size, speeds, self.bits)
+        step_s = self.time.iteration_s(spec, deadline_s, algo.batch_size, speeds, self.bits)
         x = self.models
         with torch.no_grad():
             sizes = self.local.sizes(self.sizes, t)
@@ -154,11 +168,16 @@ class Simulation:
                 new = spec.update(x, None, None, self.local.direction(grads.mean(dim=0, keepdim=True), x), sizes)
                 sent_per_node = [ring_allreduce_bytes(FLOAT32_BYTES * self.numel, n)] * n
             elif spec.runner is Runner.DIFFERENCE_GOSSIP:
+                if self.auto:  # the consensus step leaves the average unchanged: no rounding term
+                    self.auto.record(counts, noise, grads, step_s, [0.0] * n)
                 new = self._difference_gossip(x, self.local.direction(grads, x), t, decoded, sizes)
                 sent_per_node = [d * self.codec.nbytes for d in self.degrees]
             else:
                 self.codec.all(x, t, out=decoded)
                 neighbour_mixing, self_weights, degrees = self.rounds[t % len(self.rounds)]
+                if self.auto:
+                    rounding = rounding_terms(x, decoded, self_weights, sizes.alpha)
+                    self.auto.record(counts, noise, grads, step_s, rounding)
                 new = spec.update(x, mix_stack(neighbour_mixing, decoded), self_weights,
                                   self.local.direction(grads, x), sizes)
                 sent_per_node = [d * self.codec.nbytes for d in degrees]
@@ -173,7 +192,7 @@ class Simulation:
                 "iteration": t + 1, "time_s": self.time_s, "samples": counts[i],
                 "train_loss": float(losses[i]) / counts[i] if counts[i] else float("nan"),
                 "compute_s": compute[i], "wait_s": step_s - compute[i], "bytes_sent": self.node_bytes[i],
-                "speed": speeds[i]})
+                "speed": speeds[i], **({"deadline_s": deadline_s} if self.auto else {})})
 
     def _difference_gossip(self, x: Tensor, direction: Tensor, t: int, decoded: Tensor, sizes) -> Tensor:
         """Every node's difference-gossip step at once, in the order of the real step
@@ -217,7 +236,7 @@ class Simulation:
     def _async_pace(self, node: int, step: int) -> tuple[float, float]:
         algo = self.config.algorithm
         speed = self.speeds.speed(node, step)
-        return self.time.iteration_s(self.spec, algo.deadline_s, algo.batch_size, [speed], self.bits), speed
+        return self.time.iteration_s(self.spec, self.deadline_s, algo.batch_size, [speed], self.bits), speed
 
     def _run_async(self, progress: Progress) -> int:
         run, n, spec = self.config.run, self.n, self.spec
@@ -271,9 +290,12 @@ class Simulation:
         """Evaluation costs no virtual time; ``eval_bytes`` counts what a real run's evaluation all-reduce sends."""
         self.evaluations += 1
         loss, accuracy, consensus = self.evaluator(self.models)
+        if self.auto:
+            self.auto.agree()
         point = EvalPoint(iteration=iteration, time_s=self.time_s, eval_loss=loss, eval_accuracy=accuracy,
                           consensus_error=consensus, bytes_sent=self.bytes_sent,
-                          eval_bytes=self.evaluations * self.bytes_per_evaluation)
+                          eval_bytes=self.evaluations * self.bytes_per_evaluation,
+                          columns={"deadline_s": self.deadline_s} if self.auto else {})
         if self.stop_at_loss is not None and point.eval_loss <= self.stop_at_loss:
             self.reached_target = True
         self.rows.append(point.row())
@@ -316,6 +338,8 @@ class Simulation:
             extra["eps"] = self.sizes.eps
         if spec.uses_gamma:
             extra["gamma"] = self.sizes.gamma
+        if self.auto:
+            extra["deadline_s_final"] = self.deadline_s
         if spec.deadline_bound:
             per_micro = [algo.micro_batch_size / v for node in self.node_speeds for v in node]
             extra["deadline_overshoot_p99_s"] = 0.0  # a virtual node stops at floor(V T_d) samples, never late

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..data import ArrayDataset, NodeSampler
 from ..models import FlatModel
+from ..deadline.auto import noise_terms
 from ..engine.problem import make_gradient_step
 
 # Padded inputs of one vmap call stay under about this many float32 values; larger jobs go in node chunks.
@@ -65,6 +66,33 @@ class LoopGradients:
         if samples:
             flat.grads.div_(samples)
         return flat.grads, loss_sum
+
+    def halves(self, models: Tensor, counts: Sequence[int], micro_batch_size: int
+               ) -> tuple[Tensor, Tensor, list[tuple[float, float] | None]]:
+        """As :meth:`__call__`, with each node's noise estimate (see :meth:`StackedGradients.halves`)."""
+        grads = torch.zeros_like(models)
+        losses = torch.zeros(len(counts), dtype=torch.float64)
+        noise: list[tuple[float, float] | None] = []
+        for i, count in enumerate(counts):
+            total, half = grads[i], torch.zeros_like(models[i])
+            group_a, group_b = split_groups(count, micro_batch_size)
+            in_a = set(group_a)
+            for start, size in _micro_batch_spans(count, micro_batch_size):
+                first = (size + 1) // 2 if start == 0 else size  # the first micro-batch runs in two halves
+                for offset, part in ((0, first), (first, size - first)):
+                    if not part:
+                        continue
+                    grad, loss_sum = self.node(i, models[i], [part])  # the mean over these samples
+                    total.add_(grad, alpha=part)
+                    if start + offset in in_a:
+                        half.add_(grad, alpha=part)
+                    losses[i] += loss_sum
+            noise.append(noise_terms(float(half.double().square().sum()), len(group_a),
+                                     float((total - half).double().square().sum()), len(group_b),
+                                     float(total.double().square().sum())))
+            if count:
+                total.div_(count)
+        return grads, losses, noise
 
     def __call__(self, models: Tensor, counts: Sequence[int], micro_batch_size: int | None) -> tuple[Tensor, Tensor]:
         grads = torch.empty_like(models)
@@ -121,33 +149,84 @@ class StackedGradients:
         ``micro_batch_size`` is accepted for symmetry with :class:`LoopGradients`: batching does not change
         the gradient of an MLP-like model, only how the samples are grouped.
         """
+        drawn = [self.samplers[i].next_indices(count) if count else None for i, count in enumerate(counts)]
+        grads, losses = self._sums(models, drawn)
+        return grads.mul_(_inverse_counts(counts, models).unsqueeze(1)), losses
+
+    def halves(self, models: Tensor, counts: Sequence[int], micro_batch_size: int
+               ) -> tuple[Tensor, Tensor, list[tuple[float, float] | None]]:
+        """As :meth:`__call__`, and each node's gradient-noise estimate from its two interleaved halves of
+        micro-batches (:func:`split_groups`), as a real node with ``deadline_s: auto`` takes it."""
+        rows: list[Tensor | None] = []
+        for i, count in enumerate(counts):
+            drawn = self.samplers[i].next_indices(count) if count else None
+            for positions in split_groups(count, micro_batch_size):
+                rows.append(drawn[positions] if positions else None)
+        sums, losses = self._sums(models.repeat_interleave(2, dim=0), rows)
+        sums, losses = sums.view(len(counts), 2, -1), losses.view(len(counts), 2).sum(dim=1)
+        grads = sums.sum(dim=1)
+        halves_sq = sums.double().square().sum(dim=2).tolist()  # (n, 2): |S_A|^2, |S_B|^2 of every node
+        totals_sq = grads.double().square().sum(dim=1).tolist()
+        noise = []
+        for (sq_a, sq_b), sq_total, count in zip(halves_sq, totals_sq, counts):
+            group_a, group_b = split_groups(count, micro_batch_size)
+            noise.append(noise_terms(sq_a, len(group_a), sq_b, len(group_b), sq_total))
+        return grads.mul_(_inverse_counts(counts, models).unsqueeze(1)), losses, noise
+
+    def _sums(self, models: Tensor, drawn: Sequence[Tensor | None]) -> tuple[Tensor, Tensor]:
+        """Summed gradients (r, p) of row r's model over its samples ``drawn[r]`` (None: none), summed losses."""
         n = models.shape[0]
         grads = torch.zeros_like(models)
         losses = torch.zeros(n, dtype=torch.float64)
-        width = max(counts) if len(counts) else 0
+        width = max((len(d) for d in drawn if d is not None), default=0)
         if width == 0:
             return grads, losses
         idx = torch.zeros(n, width, dtype=torch.int64)
         weight = torch.zeros(n, width, dtype=models.dtype)
-        for i, count in enumerate(counts):
-            if count:
-                idx[i, :count] = self.samplers[i].next_indices(count)
-                weight[i, :count] = 1.0
+        for i, rows in enumerate(drawn):
+            if rows is not None and len(rows):
+                idx[i, :len(rows)] = rows
+                weight[i, :len(rows)] = 1.0
         sample_values = max(1, self.dataset.x[0].numel())
         chunk = max(1, MAX_BATCH_VALUES // (width * sample_values))
         weight = weight.to(self.device)
         with torch.no_grad():
             for start in range(0, n, chunk):
                 rows = slice(start, min(n, start + chunk))
-                active = [i for i in range(rows.start, rows.stop) if counts[i]]
-                if not active:
+                if not any(d is not None and len(d) for d in drawn[rows]):
                     continue
                 g, loss = self._chunk(models[rows].detach(), idx[rows], weight[rows])
                 grads[rows] = g
                 losses[rows] = loss.double().cpu()
-        scale = torch.tensor([1.0 / c if c else 0.0 for c in counts], dtype=models.dtype, device=models.device)
-        grads.mul_(scale.unsqueeze(1))
         return grads, losses
+
+
+def split_groups(count: int, micro_batch_size: int) -> tuple[list[int], list[int]]:
+    """The sample positions of the two groups of the noise estimate of a node computing ``count`` samples, as
+    the real engine forms them (:class:`qtd.engine.steps.base.GradientSource`): the first micro-batch in two
+    halves (A the first ceil(k/2) samples, B the rest), each later one whole to the group with fewer samples
+    so far (A on a tie)."""
+    groups: tuple[list[int], list[int]] = ([], [])
+    for k, (start, size) in enumerate(_micro_batch_spans(count, micro_batch_size)):
+        if k == 0:
+            first = (size + 1) // 2
+            groups[0].extend(range(start, start + first))
+            groups[1].extend(range(start + first, start + size))
+        else:
+            groups[0 if len(groups[0]) <= len(groups[1]) else 1].extend(range(start, start + size))
+    return groups
+
+
+def _micro_batch_spans(count: int, micro_batch_size: int) -> list[tuple[int, int]]:
+    spans, start = [], 0
+    for size in micro_batches(count, micro_batch_size):
+        spans.append((start, size))
+        start += size
+    return spans
+
+
+def _inverse_counts(counts: Sequence[int], like: Tensor) -> Tensor:
+    return torch.tensor([1.0 / c if c else 0.0 for c in counts], dtype=like.dtype, device=like.device)
 
 
 def build_gradients(template: nn.Module, dataset: ArrayDataset, samplers: Sequence[NodeSampler],

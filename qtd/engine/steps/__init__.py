@@ -22,7 +22,7 @@ from .ps import PSStep, build_codec
 
 def _gossip(parts) -> GossipStep:
     algo, config = parts.config.algorithm, parts.config
-    deadline = algo.deadline_s if parts.spec.deadline_bound else None
+    deadline = algo.first_deadline_s if parts.spec.deadline_bound else None
     return GossipStep(parts.world, parts.spec, parts.flat, parts.gradients(algo.batch_size, deadline,
                                                                             algo.micro_batch_size),
                       parts.views, config.compression.bits, parts.sizes, algo.overlap, config.run.seed, parts.link,
@@ -31,7 +31,7 @@ def _gossip(parts) -> GossipStep:
 
 def _difference_gossip(parts) -> DifferenceGossipStep:
     algo, config, compression = parts.config.algorithm, parts.config, parts.config.compression
-    deadline = algo.deadline_s if parts.spec.deadline_bound else None
+    deadline = algo.first_deadline_s if parts.spec.deadline_bound else None
     codec = difference_codec(compression.differences, parts.flat.params, compression.bits, compression.k_ratio,
                              config.run.seed, compression.block_size)
     return DifferenceGossipStep(parts.world, parts.spec, parts.flat,

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ...deadline import DeadlineTimer, GradientResult, compute_fixed_batch
+from ...deadline.auto import AutoDeadline, noise_terms, seen_exchange_s
 from ...models import FlatModel
 
 StepFn = Callable[[int], float]
@@ -55,19 +56,35 @@ def node_scalars(stats: StepStats, bytes_sent: int, time_s: float) -> dict[str, 
 
 class GradientSource:
     """Computes this node's gradient into ``flat.grads``: a fixed batch, or micro-batches until a deadline;
-    the mean over the samples computed (zero if none)."""
+    the mean over the samples computed (zero if none).
+
+    With ``auto`` (``algorithm.deadline_s: auto``) the deadline is the controller's current T_d, and one
+    group of the samples has its gradient sum kept apart (one more buffer: the gradient before each of its
+    micro-batches is subtracted, the one after it added), so each iteration also yields the gradient-noise
+    estimate of :func:`qtd.deadline.auto.noise_terms` (:attr:`noise`).
+    """
 
     def __init__(self, flat: FlatModel, step: StepFn, device: torch.device, speed_of: Callable[[int], float | None],
-                 batch_size: int, deadline_s: float | None, micro_batch_size: int) -> None:
+                 batch_size: int, deadline_s: float | None, micro_batch_size: int,
+                 auto: AutoDeadline | None = None) -> None:
         self.flat, self.step, self.device, self.speed_of = flat, step, device, speed_of
         self.batch_size = batch_size
+        self.auto = auto
         self.timer = DeadlineTimer(deadline_s, micro_batch_size, device) if deadline_s else None
+        self.noise: tuple[float, float] | None = None  # the latest iteration's (tr(Sigma), |G|^2), with auto
+        self._half = torch.zeros_like(flat.grads) if auto is not None else None
+        self._counts = [0, 0]
 
     def compute(self, iteration: int) -> tuple[GradientResult, float | None]:
         speed = self.speed_of(iteration)
         self.flat.grads.zero_()
         if self.timer is not None:
-            result = self.timer.run(self.step, speed)
+            if self.auto is not None:
+                self.timer.deadline_s = self.auto.deadline_s
+                result = self.timer.run(self._split_step(), speed)
+                self.noise = self._noise(result.samples)
+            else:
+                result = self.timer.run(self.step, speed)
         else:
             result = compute_fixed_batch(self.step, self.batch_size, speed, self.device)
         if result.samples:
@@ -75,6 +92,50 @@ class GradientSource:
         else:
             self.flat.grads.zero_()
         return result, speed
+
+    def _split_step(self) -> StepFn:
+        """The step function, keeping group A's gradient sum in ``_half``: the first micro-batch runs in two
+        halves (A, then B), each later one goes whole to the group with fewer samples so far (A on a tie),
+        as :func:`qtd.sim.stack.split_groups` forms them."""
+        half, grads, counts = self._half, self.flat.grads, [0, 0]
+        half.zero_()
+        self._counts = counts
+
+        def into(group: int, k: int) -> float:
+            if group == 0:
+                half.sub_(grads)
+            loss = self.step(k)
+            if group == 0:
+                half.add_(grads)
+            counts[group] += k
+            return loss
+
+        def step(k: int) -> float:
+            if counts == [0, 0]:
+                first = (k + 1) // 2
+                return into(0, first) + (into(1, k - first) if k > first else 0.0)
+            return into(0 if counts[0] <= counts[1] else 1, k)
+
+        return step
+
+    def observed(self, result: GradientResult, wait_s: float, overlap: bool, rounding: float = 0.0) -> dict[str, Any]:
+        """With ``auto``: record one iteration (the exchange time is the wait without overlap; with overlap it
+        is seen only when the exchange outlasted the compute phase); the node log's extra keys."""
+        if self.auto is None:
+            return {}
+        exchange = seen_exchange_s(result.compute_s, wait_s, overlap)
+        self.auto.record(result.compute_s, exchange, result.samples, self.noise, rounding)
+        return {"deadline_s": self.timer.deadline_s}
+
+    def _noise(self, samples: int) -> tuple[float, float] | None:
+        n_a, n_b = self._counts[0], self._counts[1]
+        if not (n_a and n_b):
+            return None
+        grads, half = self.flat.grads, self._half
+        sq_total = float(grads.double().square().sum())
+        sq_a = float(half.double().square().sum())
+        sq_b = float((grads - half).double().square().sum())
+        return noise_terms(sq_a, n_a, sq_b, n_b, sq_total)
 
 
 class Step:
@@ -124,6 +185,11 @@ class Step:
         """This node's values gathered at every evaluation (same keys on every node)."""
         return {}
 
+    evaluation_gradient = False  # the evaluation's all-reduce carries the nodes' last gradients too
+
+    def evaluated(self, table: Mapping[str, np.ndarray]) -> None:
+        """Collective (every node, the same ``table``): called once per evaluation, after the gather."""
+
     def eval_columns(self, table: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Extra keys of a metrics.jsonl row, from the gathered per-node ``table`` (column -> one value per node)."""
         return {}
@@ -135,3 +201,42 @@ class Step:
     def summary_values(self, table: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Extra keys of summary.json, from the per-node table gathered at the end."""
         return {}
+
+
+class AutoDeadlineStep(Step):
+    """The hooks of a deadline-bound step with ``algorithm.deadline_s: auto``: its window means travel in
+    every evaluation's gathered table, from which every node agrees on the next T_d (no extra round);
+    metrics.jsonl and TensorBoard show the agreed T_d. Steps set ``self.gradients`` (a GradientSource)."""
+
+    gradients: GradientSource
+
+    @property
+    def evaluation_gradient(self) -> bool:  # type: ignore[override]
+        return self.gradients.auto is not None
+
+    def eval_values(self) -> dict[str, float]:
+        auto = self.gradients.auto
+        return auto.values() if auto is not None else {}
+
+    def evaluated(self, table: Mapping[str, np.ndarray]) -> None:
+        if self.gradients.auto is not None:
+            self.gradients.auto.agree(table)
+
+    def eval_columns(self, table: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        auto = self.gradients.auto
+        return {"deadline_s": auto.deadline_s} if auto is not None else {}
+
+    def eval_scalars(self, columns: Mapping[str, Any]) -> dict[str, float]:
+        return {"train/deadline_s": columns["deadline_s"]} if "deadline_s" in columns else {}
+
+    def summary_values(self, table: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        auto = self.gradients.auto
+        return {"deadline_s_final": auto.deadline_s} if auto is not None else {}
+
+    def auto_state(self) -> dict[str, Any]:
+        auto = self.gradients.auto
+        return auto.state_dict() if auto is not None else {}
+
+    def load_auto_state(self, state: Mapping[str, Any]) -> None:
+        if self.gradients.auto is not None:
+            self.gradients.auto.load_state_dict(state)

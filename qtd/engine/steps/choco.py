@@ -15,11 +15,11 @@ from ...comm import LinkModel, World
 from ...compress.message_codec import GridCodec, SparseCodec
 from ...models import FlatModel
 from ...topology import NodeView
-from .base import GradientSource, Step, StepStats, stats_from
+from .base import AutoDeadlineStep, GradientSource, StepStats, stats_from
 from .model_exchange import ModelExchange
 
 
-class DifferenceGossipStep(Step):
+class DifferenceGossipStep(AutoDeadlineStep):
     """One compressed difference to and from every neighbour per iteration.
 
     With ``overlap`` the difference of the current model x_i - x̂_i is sent while the gradient at x_i is
@@ -72,16 +72,21 @@ class DifferenceGossipStep(Step):
             consensus = self._exchanged(pending, iteration)
             with torch.no_grad():
                 x.copy_(self.spec.update(x, consensus, w_self, 0.0, sizes))  # the consensus half
-        return stats_from(result, speed, self.exchange.wait_s - wait_before, time.monotonic() - start)
+        wait_s = self.exchange.wait_s - wait_before
+        # the consensus step leaves the network average unchanged: no rounding term (qtd.deadline.auto)
+        log = self.gradients.observed(result, wait_s, self.overlap)
+        return stats_from(result, speed, wait_s, time.monotonic() - start, log=log)
 
     @property
     def bytes_sent(self) -> int:
         return self.exchange.bytes_sent
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.exchange.state_dict(), **self.local.state_dict(), **self.copies.state_dict()}
+        return {**self.exchange.state_dict(), **self.local.state_dict(), **self.copies.state_dict(),
+                **self.auto_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.exchange.load_state_dict(state)
         self.local.load_state_dict(state)
         self.copies.load_state_dict(state)
+        self.load_auto_state(state)

@@ -13,12 +13,12 @@ from ...algorithms import AlgorithmSpec, LocalOptimizer, LocalSGD, StepSizes
 from ...comm import LinkModel, World
 from ...models import FlatModel
 from ...topology import NodeView
-from .base import GradientSource, Step, StepStats, stats_from
+from .base import AutoDeadlineStep, GradientSource, StepStats, stats_from
 from ...compress.message_codec import GridCodec
 from .model_exchange import ModelExchange
 
 
-class GossipStep(Step):
+class GossipStep(AutoDeadlineStep):
     """One message Q(x_i) to and from every neighbour per iteration, then x_i <- rule(x_i, sum_j w_ij z_j, ...).
 
     With ``overlap`` the exchange is posted before the gradient computation and waited for after it, so
@@ -47,19 +47,30 @@ class GossipStep(Step):
         else:
             mixed, = self.exchange.mixed(pending)
             result, speed = self.gradients.compute(iteration)
+        wait_s = self.exchange.wait_s - wait_before
+        w_self, sizes = self.exchange.view(iteration).self_weight, self.local.sizes(self.sizes, iteration)
+        log = self.gradients.observed(result, wait_s, self.overlap, self._rounding(iteration, w_self, sizes))
         with torch.no_grad():
             direction = self.local.direction(self.flat.grads, x)
-            x.copy_(self.spec.update(x, mixed, self.exchange.view(iteration).self_weight, direction,
-                                     self.local.sizes(self.sizes, iteration)))
-        return stats_from(result, speed, self.exchange.wait_s - wait_before, time.monotonic() - start)
+            x.copy_(self.spec.update(x, mixed, w_self, direction, sizes))
+        return stats_from(result, speed, wait_s, time.monotonic() - start, log=log)
+
+    def _rounding(self, iteration: int, w_self: float, sizes) -> float:
+        """deadline_s=auto: what this node's rounding adds to the network average's step, in gradient units,
+        (1 - w_ii)^2 |Q(x_i) - x_i|^2 / alpha^2 (qtd.deadline.auto); 0 without auto."""
+        if self.gradients.auto is None:
+            return 0.0
+        error = float((self.exchange.sent(iteration) - self.flat.params).double().square().sum())
+        return (1 - w_self) ** 2 * error / sizes.alpha ** 2
 
     @property
     def bytes_sent(self) -> int:
         return self.exchange.bytes_sent
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.exchange.state_dict(), **self.local.state_dict()}
+        return {**self.exchange.state_dict(), **self.local.state_dict(), **self.auto_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.exchange.load_state_dict(state)
         self.local.load_state_dict(state)
+        self.load_auto_state(state)
