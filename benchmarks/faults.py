@@ -1,8 +1,8 @@
 """Fault injection with real processes: every trial ends with the full run or one clear error, never a
 hang, never lost or spliced results.
 
-    python benchmarks/faults.py              # 20 trials per run kind (about 45 minutes on 2 cores)
-    python benchmarks/faults.py --trials 4   # the committed result: 4 per kind (9 minutes)
+    python benchmarks/faults.py              # the committed result: 20 trials per run kind (54 minutes on 2 cores)
+    python benchmarks/faults.py --trials 4   # 4 per kind (9 minutes)
     python benchmarks/faults.py --quick      # 2 trials per run kind (a few minutes)
     python benchmarks/faults.py --out DIR    # where faults.json and faults.png go
 

@@ -25,8 +25,8 @@ tr(Sigma) comes from two halves of each node's samples (groups A and B, sums S_A
 N samples): Q = |S_A|^2/n_A + |S_B|^2/n_B - |S|^2/N is an unbiased estimate of tr(Sigma) (:func:`noise_terms`).
 |G|^2 is the network average's: a node's own gradient also pulls its model back from where rounding and
 consensus left it, which says nothing about the average's progress, so the evaluation's all-reduce of the
-models carries the nodes' last gradients too (no extra round), and |mean_i g_i|^2 less its sampling noise
-tr(Sigma) sum_i (1/b_i) / n^2 estimates it. Every network
+models carries the nodes' gradients too, summed over the window (no extra round): the square of their mean
+less its sampling noise estimates it. While no gradient shows above its noise, T_d holds. Every network
 quantity is smoothed across windows (exponential averages of numerator and denominator, as McCandlish et al.
 do) and one window changes T_d by at most a factor ``MAX_STEP``.
 """
@@ -48,7 +48,7 @@ HIDDEN = 0.5  # overlap: the exchange counts as hidden when fewer than this shar
 WAITED_S, WAITED_SHARE = 1e-3, 0.05
 KEYS = ("auto_exchange_s", "auto_waited", "auto_inverse_speed", "auto_trace", "auto_rounding", "auto_iterations",
         "auto_inverse_samples")
-MEAN_GRAD_SQ = "auto_mean_grad_sq"  # |mean_i g_i|^2 of the last iteration, from the evaluation's all-reduce
+MEAN_GRAD_SQ = "auto_mean_grad_sq"  # |window mean of mean_i g_i|^2, from the evaluation's all-reduce
 
 
 def noise_terms(sq_a: float, n_a: int, sq_b: float, n_b: int, sq_total: float) -> tuple[float, float] | None:
@@ -88,7 +88,7 @@ class _Window:
     trace: float = 0.0
     noisy: int = 0  # iterations with both halves non-empty
     rounding: float = 0.0
-    inverse_samples: float = math.nan  # 1 / samples of the latest iteration (nan: none computed)
+    inverse_samples: float = 0.0  # 1 / samples, summed over the iterations (0 for one without samples)
 
 
 @dataclass
@@ -118,7 +118,7 @@ class AutoDeadline:
             w.trace += noise[0]
             w.noisy += 1
         w.rounding += rounding
-        w.inverse_samples = 1.0 / samples if samples else math.nan
+        w.inverse_samples += 1.0 / samples if samples else 0.0
 
     def values(self) -> dict[str, float]:
         """This node's window means for the evaluation's gathered table (nan where nothing was measured)."""
@@ -130,7 +130,7 @@ class AutoDeadline:
         return {"auto_exchange_s": mean(w.exchange_s, w.waited), "auto_waited": mean(w.waited, w.iterations),
                 "auto_inverse_speed": mean(w.inverse_speed, w.computed), "auto_trace": mean(w.trace, w.noisy),
                 "auto_rounding": mean(w.rounding, w.iterations), "auto_iterations": float(w.iterations),
-                "auto_inverse_samples": w.inverse_samples}
+                "auto_inverse_samples": mean(w.inverse_samples, w.iterations)}
 
     def agree(self, table: Mapping[str, Sequence[float]]) -> float:
         """The next window's T_d from every node's :meth:`values` (the same table on every node gives the
@@ -165,15 +165,16 @@ class AutoDeadline:
         return self.deadline_s
 
     def _average_grad_sq(self, table: Mapping[str, Sequence[float]], trace: float | None) -> float | None:
-        """|G|^2 of the network average's gradient: |mean_i g_i|^2 of the last iteration (every node has the
-        same, from the evaluation's all-reduce) less its sampling noise tr(Sigma) sum_i (1/b_i) / n^2."""
+        """|G|^2 of the network average's gradient: |g_w|^2, g_w the mean over the window's K iterations of
+        mean_i g_i (every node has the same, from the evaluation's all-reduce), less its sampling noise
+        tr(Sigma) sum_i mean_t(1/b_it) / (n^2 K)."""
         if MEAN_GRAD_SQ not in table or trace is None:
             return None
-        mean_sq = float(table[MEAN_GRAD_SQ][0])
+        mean_sq, window = float(table[MEAN_GRAD_SQ][0]), max(table["auto_iterations"])
         inverse = [v for v in table["auto_inverse_samples"] if math.isfinite(v)]
-        if not inverse or not math.isfinite(mean_sq):
+        if not inverse or not math.isfinite(mean_sq) or window < 1:
             return None
-        return mean_sq - trace * sum(inverse) / self.nodes ** 2
+        return mean_sq - trace * sum(inverse) / (self.nodes ** 2 * window)
 
     def _target(self, hidden: bool) -> float:
         s = self.smoothed
@@ -185,7 +186,7 @@ class AutoDeadline:
             return s["exchange_s"]
         grad_sq = s.get("grad_sq", 0.0)
         if "trace" not in s or "inverse_speed" not in s or grad_sq <= 0:
-            return self.deadline_s * MAX_STEP  # the gradient is lost in its noise: larger batches help
+            return self.deadline_s  # no gradient measured above its noise: nothing to go by, hold
         seconds_per_noise = s["trace"] * s["inverse_speed"] / grad_sq
         return best_deadline(s["exchange_s"], seconds_per_noise, s["rounding"] / grad_sq, overlap=False)
 

@@ -264,7 +264,7 @@ class NodeDriver:
         counters, budget = self.counters, self.config.run.time_budget_s
         self.clock.pause()
         what = self.cadence.describe(iteration)
-        mine, sent = self.evaluator(self.flat, what, gradient=self.step.evaluation_gradient)
+        mine, sent = self.evaluator(self.flat, what, gradient=self.step.evaluation_gradient())
         counters.eval_bytes += sent
         now = self.clock.now()
         values = {**mine, "time_s": now, "last_update_s": counters.last_update_s, "iterations": counters.iterations,

@@ -48,15 +48,15 @@ class Evaluator:
         self.average = average
         self.shard = eval_indices[world.rank::world.size]
 
-    def __call__(self, flat: FlatModel, what: str, gradient: bool = False) -> tuple[dict[str, float], int]:
-        """This node's (deviation, loss_sum, correct, count) and the evaluation bytes it sent. With ``gradient``
-        the nodes' gradients (``flat.grads``, of their last iteration) travel in the same all-reduce as the
-        models, and ``auto_mean_grad_sq`` is |mean_i g_i|^2 (``deadline_s: auto``, :mod:`qtd.deadline.auto`)."""
+    def __call__(self, flat: FlatModel, what: str, gradient: Tensor | None = None) -> tuple[dict[str, float], int]:
+        """This node's (deviation, loss_sum, correct, count) and the evaluation bytes it sent. A ``gradient``
+        (a vector of the model's size) travels in the same all-reduce as the models, and ``auto_mean_grad_sq``
+        is the square of its mean over the nodes (``deadline_s: auto``, :mod:`qtd.deadline.auto`)."""
         world = self.world
         extra: dict[str, float] = {}
-        if gradient and not self.replicated:
+        if gradient is not None and not self.replicated:
             x = flat.params.detach()
-            both = all_reduce_sum(torch.cat([x, flat.grads.detach()]), world, what).div_(world.size)
+            both = all_reduce_sum(torch.cat([x, gradient.detach()]), world, what).div_(world.size)
             average = self.average.params
             average.copy_(both[:x.numel()])
             extra[MEAN_GRAD_SQ] = float(both[x.numel():].double().square().sum())

@@ -1,5 +1,6 @@
 """``algorithm.deadline_s: auto`` in the simulator: every node's controller (:mod:`qtd.deadline.auto`), fed
-what a real node measures, agreeing at each evaluation from the same table a real run gathers."""
+what a real node measures, agreeing at each evaluation from the same table a real run gathers (the mean of
+the nodes' window gradients as the evaluation's all-reduce gives it)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class NetworkDeadline:
     def __init__(self, start_s: float, overlap: bool, nodes: int) -> None:
         self.overlap = overlap
         self.nodes = [AutoDeadline(start_s, overlap, nodes) for _ in range(nodes)]
-        self.mean_grad_sq = float("nan")  # |mean_i g_i|^2 of the latest iteration
+        self.window: Tensor | None = None  # sum over the window's iterations of mean_i g_i
 
     @property
     def deadline_s(self) -> float:
@@ -30,7 +31,8 @@ class NetworkDeadline:
         after the compute phase), its samples, noise estimate and rounding term."""
         deadline_s = self.deadline_s
         exchange = seen_exchange_s(deadline_s, step_s - deadline_s, self.overlap)
-        self.mean_grad_sq = float(grads.mean(dim=0).double().square().sum())
+        mean = grads.mean(dim=0)
+        self.window = mean.clone() if self.window is None else self.window.add_(mean)
         for i, node in enumerate(self.nodes):
             node.record(deadline_s, exchange, counts[i], noise[i], float(rounding[i]))
 
@@ -38,9 +40,13 @@ class NetworkDeadline:
         """At an evaluation: the table a real run gathers (the mean gradient as its all-reduce gives it)."""
         rows = [node.values() for node in self.nodes]
         table = {key: np.array([row[key] for row in rows]) for key in rows[0]}
-        table[MEAN_GRAD_SQ] = np.full(len(self.nodes), self.mean_grad_sq)
+        iterations = self.nodes[0].window.iterations
+        mean_sq = (float((self.window / iterations).double().square().sum()) if self.window is not None and iterations
+                   else float("nan"))
+        table[MEAN_GRAD_SQ] = np.full(len(self.nodes), mean_sq)
         for node in self.nodes:
             node.agree(table)
+        self.window = None
         return self.deadline_s
 
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from ...deadline import DeadlineTimer, GradientResult, compute_fixed_batch
 from ...deadline.auto import AutoDeadline, noise_terms, seen_exchange_s
@@ -73,6 +74,7 @@ class GradientSource:
         self.timer = DeadlineTimer(deadline_s, micro_batch_size, device) if deadline_s else None
         self.noise: tuple[float, float] | None = None  # the latest iteration's (tr(Sigma), |G|^2), with auto
         self._half = torch.zeros_like(flat.grads) if auto is not None else None
+        self._window = torch.zeros_like(flat.grads) if auto is not None else None  # gradients since the agreement
         self._counts = [0, 0]
 
     def compute(self, iteration: int) -> tuple[GradientResult, float | None]:
@@ -125,7 +127,20 @@ class GradientSource:
             return {}
         exchange = seen_exchange_s(result.compute_s, wait_s, overlap)
         self.auto.record(result.compute_s, exchange, result.samples, self.noise, rounding)
+        self._window.add_(self.flat.grads)
         return {"deadline_s": self.timer.deadline_s}
+
+    def window_gradient(self) -> Tensor | None:
+        """With ``auto``: the mean of this node's gradients since the last agreement (for the evaluation)."""
+        if self.auto is None:
+            return None
+        return self._window / max(self.auto.window.iterations, 1)
+
+    def agree(self, table: Mapping[str, np.ndarray]) -> None:
+        """With ``auto``: the next T_d from the gathered table; a new window."""
+        if self.auto is not None:
+            self.auto.agree(table)
+            self._window.zero_()
 
     def _noise(self, samples: int) -> tuple[float, float] | None:
         n_a, n_b = self._counts[0], self._counts[1]
@@ -185,7 +200,9 @@ class Step:
         """This node's values gathered at every evaluation (same keys on every node)."""
         return {}
 
-    evaluation_gradient = False  # the evaluation's all-reduce carries the nodes' last gradients too
+    def evaluation_gradient(self) -> torch.Tensor | None:
+        """A vector the evaluation's all-reduce averages over the nodes too (``deadline_s: auto``)."""
+        return None
 
     def evaluated(self, table: Mapping[str, np.ndarray]) -> None:
         """Collective (every node, the same ``table``): called once per evaluation, after the gather."""
@@ -210,17 +227,15 @@ class AutoDeadlineStep(Step):
 
     gradients: GradientSource
 
-    @property
-    def evaluation_gradient(self) -> bool:  # type: ignore[override]
-        return self.gradients.auto is not None
+    def evaluation_gradient(self) -> torch.Tensor | None:
+        return self.gradients.window_gradient()
 
     def eval_values(self) -> dict[str, float]:
         auto = self.gradients.auto
         return auto.values() if auto is not None else {}
 
     def evaluated(self, table: Mapping[str, np.ndarray]) -> None:
-        if self.gradients.auto is not None:
-            self.gradients.auto.agree(table)
+        self.gradients.agree(table)
 
     def eval_columns(self, table: Mapping[str, np.ndarray]) -> dict[str, Any]:
         auto = self.gradients.auto
