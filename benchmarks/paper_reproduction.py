@@ -64,6 +64,7 @@ import torch  # noqa: E402
 
 from _common import OUT_HELP, find_mnist, results_dir  # noqa: E402
 from qtd.config import load_config  # noqa: E402
+from qtd.deadline.auto import RULE_VERSION  # noqa: E402
 from qtd.sim import Simulation  # noqa: E402
 
 NAME = "paper_reproduction"
@@ -184,7 +185,8 @@ class Runner:
         if iterations is None:
             iterations = int(math.ceil(budget_s / per * 3)) + 10  # the time budget ends the run first
         overrides = self.overrides(algorithm, settings, iterations, eval_every, budget_s)
-        key = hashlib.sha1(json.dumps([overrides, stop_at_loss], sort_keys=True).encode()).hexdigest()[:16]
+        salt = [RULE_VERSION] if settings.get("deadline") == "auto" else []  # a changed rule is a new run
+        key = hashlib.sha1(json.dumps([overrides, stop_at_loss, *salt], sort_keys=True).encode()).hexdigest()[:16]
         path = self.cache / f"{label}-{key}.json"
         if path.exists():
             run = Run(**json.loads(path.read_text()))

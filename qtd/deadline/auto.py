@@ -37,6 +37,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+RULE_VERSION = 2  # bumped whenever the rule changes what it chooses (benchmarks key their cached runs on it)
 SMOOTHING = 0.5  # weight of the newest window in the exponential averages
 MAX_STEP = 2.0  # one window changes T_d by at most this factor
 SHRINK = 0.7  # overlap, exchange hidden behind the compute phase and never seen: T_d shrinks by this factor
