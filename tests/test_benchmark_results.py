@@ -119,8 +119,8 @@ def test_fault_injection_never_hung_or_lost_a_run_and_the_readme_says_so():
     data = summary("faults")
     assert data["hangs"] == 0 and data["lost_or_spliced"] == 0 and data["unclear_error"] == 0
     assert data["completed_or_clear_error"] == data["trials"]
-    assert f"All {data['trials']} trials" in README and f"the full run ({data['completed']};" in README
-    assert f"clear `qtd: error:` line ({data['clear_error']}:" in README
+    assert f"All {data['trials']} trials" in README and f"the full run ({data['completed']})" in README
+    assert f"clear `qtd: error:` line ({data['clear_error']})" in README
 
 
 def test_readme_quotes_the_deep_gossip_table():
