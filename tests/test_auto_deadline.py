@@ -137,6 +137,10 @@ def test_the_simulator_finds_the_exchange_time_with_overlap(tmp_path):
     logged = [json.loads(line)["deadline_s"] for line in (tmp_path / "nodes" / "node_003.jsonl").open()]
     assert len(logged) == 120 and logged[0] == 0.1 and logged[-1] == pytest.approx(chosen[-2])
     assert result.summary["deadline_s"] == "auto" and result.summary["deadline_s_final"] == chosen[-1]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(tmp_path / "tensorboard" / "global")).Reload()
+    assert [round(e.value, 6) for e in board.Scalars("train/deadline_s")] == [round(d, 6) for d in chosen]
 
 
 def test_the_simulator_without_overlap_uses_the_noise_rule(tmp_path):

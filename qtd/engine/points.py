@@ -39,10 +39,14 @@ class EvalPoint:
 
 
 def eval_scalars(point: EvalPoint, time_tag: str = "time/train_s") -> dict[str, float]:
-    """The TensorBoard tags of an evaluation (global run); the simulator's time tag is ``time/virtual_s``."""
-    return {"eval/loss": point.eval_loss, "eval/accuracy": point.eval_accuracy,
-            "eval/consensus_error": point.consensus_error, "comm/bytes_sent_total": point.bytes_sent,
-            time_tag: point.time_s}
+    """The TensorBoard tags of an evaluation (global run); the simulator's time tag is ``time/virtual_s``.
+    With ``deadline_s: auto`` the agreed T_d is ``train/deadline_s``."""
+    scalars = {"eval/loss": point.eval_loss, "eval/accuracy": point.eval_accuracy,
+               "eval/consensus_error": point.consensus_error, "comm/bytes_sent_total": point.bytes_sent,
+               time_tag: point.time_s}
+    if "deadline_s" in point.columns:
+        scalars["train/deadline_s"] = point.columns["deadline_s"]
+    return scalars
 
 
 def finite_or_none(value: float | None) -> float | None:

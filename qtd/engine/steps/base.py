@@ -241,9 +241,6 @@ class AutoDeadlineStep(Step):
         auto = self.gradients.auto
         return {"deadline_s": auto.deadline_s} if auto is not None else {}
 
-    def eval_scalars(self, columns: Mapping[str, Any]) -> dict[str, float]:
-        return {"train/deadline_s": columns["deadline_s"]} if "deadline_s" in columns else {}
-
     def summary_values(self, table: Mapping[str, np.ndarray]) -> dict[str, Any]:
         auto = self.gradients.auto
         return {"deadline_s_final": auto.deadline_s} if auto is not None else {}
