@@ -47,8 +47,6 @@ MAX_DEADLINE_S = 3600.0
 HIDDEN = 0.5  # overlap: the exchange counts as hidden when fewer than this share of iterations waited for it
 # overlap: the exchange counts as seen when the wait after the compute phase exceeds this
 WAITED_S, WAITED_SHARE = 1e-3, 0.05
-KEYS = ("auto_exchange_s", "auto_waited", "auto_inverse_speed", "auto_trace", "auto_rounding", "auto_iterations",
-        "auto_inverse_samples")
 MEAN_GRAD_SQ = "auto_mean_grad_sq"  # |window mean of mean_i g_i|^2, from the evaluation's all-reduce
 
 
