@@ -44,9 +44,10 @@ class PeerError(QtdError, RuntimeError):
     """A peer process that died, stalled past the timeout or sent something unusable. ``culprit`` is the
     node that caused it, where it is known (the launcher's last line names it)."""
 
-    def __init__(self, message: str, culprit: int | None = None) -> None:
+    def __init__(self, message: str, culprit: int | None = None, stalled: bool = False) -> None:
         super().__init__(message)
         self.culprit = culprit
+        self.stalled = stalled  # nothing came within comm.timeout_s (rather than a closed connection)
 
 
 class CheckpointError(QtdError, ValueError):

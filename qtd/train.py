@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .cli.args import ArgumentParser
 from .cli.preflight import preflight
-from .errors import PeerError, QtdError, one_line
+from .errors import ConfigError, PeerError, QtdError, one_line
 
 
 def train_command(config_path: str, overrides: Sequence[str]) -> int:
@@ -29,9 +29,15 @@ def train_command(config_path: str, overrides: Sequence[str]) -> int:
     from .compress import warm_up_for
     from .engine import run_node
 
-    _, device = choose_backend(config.comm.backend)
+    elastic = config.comm.on_peer_loss == "continue"
+    backend = "gloo" if elastic else config.comm.backend  # survivors regroup over gloo (qtd.comm.membership)
+    if elastic and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        raise ConfigError("comm.on_peer_loss=continue needs `qtd launch CONFIG`, whose supervisor keeps the "
+                          "rendezvous store up when a node dies (under torchrun, the store lives in node 0 and "
+                          "torchrun stops every node when one exits): start the run with qtd launch")
+    _, device = choose_backend(backend)
     warm_up_for(config, device)
-    world = init_world(config.comm.backend, config.comm.timeout_s)
+    world = init_world(backend, config.comm.timeout_s, elastic=elastic)
     try:
         run_node(config, world)
     except PeerError as exc:

@@ -36,6 +36,10 @@ def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int
     if max_restarts < 0:
         raise ConfigError(f"--max-restarts={max_restarts} is not allowed: give a number of restarts >= 0")
     config = preflight(config_path, overrides, data=True)
+    if config.comm.on_peer_loss == "continue" and max_restarts:
+        raise ConfigError(f"--max-restarts={max_restarts} restarts every node after a failure, and with "
+                          "comm.on_peer_loss=continue the survivors go on without the lost node instead; a lost "
+                          "node does not rejoin yet: drop --max-restarts or set comm.on_peer_loss=stop")
     complete = check_resume(config, config.topology.nodes)  # ConfigError where resuming would mislabel results
     if complete:
         print(complete, file=sys.stderr, flush=True)
@@ -50,9 +54,15 @@ def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int
     print(f"qtd: starting {config.topology.nodes} nodes ({kind}), writing to {config.run.out_dir}",
           file=sys.stderr, flush=True)
     started = time.time()
-    from ..engine.torchrun import run_torchrun  # torch is loaded already: run the launcher in this process
+    if config.comm.on_peer_loss == "continue":  # the nodes outlive each other: qtd's supervisor, not torchrun
+        from ..engine.supervise import supervise
 
-    code = run_torchrun(command[3:])  # what `python -m qtd.engine.torchrun ARGS` runs, one interpreter fewer
+        node_command = [sys.executable, *command[command.index("-m", 3):]]  # torchrun's worker command
+        code = supervise(node_command, config.topology.nodes, config.comm.timeout_s)
+    else:
+        from ..engine.torchrun import run_torchrun  # torch is loaded already: run the launcher in this process
+
+        code = run_torchrun(command[3:])  # what `python -m qtd.engine.torchrun ARGS` runs, one interpreter fewer
     if code == 0:
         _report(Path(config.run.out_dir), started)
     return code

@@ -74,8 +74,9 @@ class NeighbourExchange:
         works: list[tuple[object, int | None]] = []
         use_batch = self.world.backend == "nccl"
         if use_batch and self.neighbours:
-            ops = [dist.P2POp(dist.irecv, self._recv[j], j) for j in self.neighbours]
-            ops += [dist.P2POp(dist.isend, self._send, j) for j in self.neighbours]
+            ranks = {j: self.world.group_rank(j) for j in self.neighbours}
+            ops = [dist.P2POp(dist.irecv, self._recv[j], ranks[j]) for j in self.neighbours]
+            ops += [dist.P2POp(dist.isend, self._send, ranks[j]) for j in self.neighbours]
             try:
                 batch = dist.batch_isend_irecv(ops)
             except RuntimeError as exc:
@@ -87,7 +88,7 @@ class NeighbourExchange:
                 for j in self.neighbours:
                     buffer = self._recv[j] if op is dist.irecv else self._send
                     try:
-                        works.append((op(buffer, j), j))
+                        works.append((op(buffer, self.world.group_rank(j)), j))
                     except RuntimeError as exc:
                         raise peer_failure(self.world, f"iteration {iteration}: cannot {verb} node {j}", j,
                                            exc) from None
@@ -100,7 +101,7 @@ class NeighbourExchange:
         emulated links, also until each message's emulated arrival time. Returns neighbour -> message."""
         started = time.monotonic()
         wait_works(pending.works, self.world,
-                   f"neighbour exchange at iteration {pending.iteration} on node {self.world.rank}")
+                   f"neighbour exchange at iteration {pending.iteration} on node {self.world.node}")
         if self.link:
             delay = self.link.delay_s(self.message_nbytes)
             arrivals = [float(self._recv[j][self.message_nbytes:].cpu().clone().view(torch.float64)[0]) + delay

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, PeerError
 from .liveness import Heartbeat
+from .membership import Regroup, forget, regroup
 
 
 @dataclass(frozen=True)
@@ -25,13 +26,30 @@ class World:
     """This process's place in the run: its rank (= graph node), the world size, device and backend, and
     the heartbeat that names a dead peer after a failure (None in a world of one, or when not started)."""
 
-    rank: int
+    rank: int  # in the current process group
     size: int
     local_rank: int
     device: torch.device
     backend: str
     timeout_s: float
     heartbeat: Heartbeat | None = field(default=None, compare=False, repr=False)
+    nodes: tuple[int, ...] = ()  # graph node of each group rank, once an elastic run lost a node (else rank = node)
+    epoch: int = 0  # how many times the membership changed
+    elastic: bool = False  # comm.on_peer_loss=continue: a lost peer is dropped (qtd.comm.membership)
+
+    @property
+    def node(self) -> int:
+        """This process's graph node (its rank in the first process group)."""
+        return self.nodes[self.rank] if self.nodes else self.rank
+
+    @property
+    def members(self) -> tuple[int, ...]:
+        """The graph nodes in the current process group, ascending."""
+        return self.nodes if self.nodes else tuple(range(self.size))
+
+    def group_rank(self, node: int) -> int:
+        """Graph node ``node``'s rank in the current process group."""
+        return self.nodes.index(node) if self.nodes else node
 
     @property
     def polls(self) -> bool:
@@ -54,7 +72,7 @@ def choose_backend(requested: str) -> tuple[str, torch.device]:
     return backend, device
 
 
-def init_world(backend: str = "auto", timeout_s: float = 60.0) -> World:
+def init_world(backend: str = "auto", timeout_s: float = 60.0, elastic: bool = False) -> World:
     """Join the process group that torchrun (or a test harness) described in the environment, or take the
     one this process already started (``torch.distributed.init_process_group``)."""
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
@@ -76,7 +94,21 @@ def init_world(backend: str = "auto", timeout_s: float = 60.0) -> World:
     heartbeat = Heartbeat(dist.get_rank(), dist.get_world_size()) if dist.get_world_size() > 1 else None
     return World(rank=dist.get_rank(), size=dist.get_world_size(),
                  local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device, backend=backend,
-                 timeout_s=timeout_s, heartbeat=heartbeat)
+                 timeout_s=timeout_s, heartbeat=heartbeat, elastic=elastic)
+
+
+def regroup_world(world: World, iteration: int, error: PeerError) -> tuple[World, Regroup]:
+    """Elastic runs, after ``error`` at ``iteration``: the survivors' new world (:mod:`.membership`)."""
+    if world.heartbeat is None:
+        raise error
+    forget(error)
+    change = regroup(world.heartbeat.store, world.backend, world.epoch, world.members, world.node, iteration,
+                     error.stalled, world.heartbeat, world.timeout_s)
+    world.heartbeat.members = change.members
+    new = World(rank=change.members.index(world.node), size=len(change.members), local_rank=world.local_rank,
+                device=world.device, backend=world.backend, timeout_s=world.timeout_s, heartbeat=world.heartbeat,
+                nodes=change.members, epoch=change.epoch, elastic=True)
+    return new, change
 
 
 def record_blame(world: World, error: PeerError) -> None:
@@ -100,10 +132,18 @@ def _name(peer: int | None) -> str:
     return "a peer" if peer is None else f"node {peer}"
 
 
+def _culprit(world: World, peer: int | None) -> tuple[int | None, str]:
+    """Whom the heartbeats blame; an elastic run regroups at once instead (the survivors' agreement finds
+    who is gone), so it does not wait for them to settle."""
+    if world.heartbeat is None or world.elastic:
+        return peer, ""
+    return world.heartbeat.culprit(peer)
+
+
 def peer_failure(world: World, what: str, peer: int | None, exc: BaseException) -> PeerError:
     """The error for a peer whose connection broke, naming the node that caused it where the heartbeats and
     blame records tell (a neighbour that left because of another node points to that one)."""
-    culprit, how = world.heartbeat.culprit(peer) if world.heartbeat is not None else (peer, "")
+    culprit, how = _culprit(world, peer)
     if how:
         return PeerError(f"{what}: {how}; check that node's log ({_short(exc)})", culprit)
     return PeerError(f"{what}: {_name(peer)} failed ({_short(exc)}); it probably crashed or was killed, check its "
@@ -112,11 +152,11 @@ def peer_failure(world: World, what: str, peer: int | None, exc: BaseException) 
 
 def stall_error(world: World, what: str, peer: int | None) -> PeerError:
     """Nothing from ``peer`` within the timeout: it stalled, or it waits itself on a node that did."""
-    culprit, how = world.heartbeat.culprit(peer) if world.heartbeat is not None else (peer, "")
+    culprit, how = _culprit(world, peer)
     cause = f"; {how}" if how and (culprit != peer or "unreachable" in how) else ""
     stalled = _name(culprit)
     return PeerError(f"{what}: nothing from {_name(peer)} within comm.timeout_s={world.timeout_s:g} s{cause}; "
-                     f"{stalled} stalled or died (raise comm.timeout_s if it is only slow)", culprit)
+                     f"{stalled} stalled or died (raise comm.timeout_s if it is only slow)", culprit, stalled=True)
 
 
 def wait_works(works: Sequence[tuple[object, int | None]], world: World, what: str) -> None:

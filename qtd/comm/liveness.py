@@ -49,6 +49,8 @@ def _bounded(call, seconds: float = STORE_WAIT_S):
 def _node_zero_hosts_the_store() -> bool:
     """Whether the workers' store lives in node 0's process: it does when torchrun is told not to share its
     rendezvous store (qtd's launchers all do) or when no torchrun agent started this process."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":  # the launcher hosts it (qtd's supervisor)
+        return False
     return os.environ.get("TORCH_DISABLE_SHARE_RDZV_TCP_STORE") == "1" or "TORCHELASTIC_RUN_ID" not in os.environ
 
 
@@ -57,6 +59,7 @@ class Heartbeat:
 
     def __init__(self, rank: int, size: int) -> None:
         self.rank, self.size = rank, size
+        self.members: tuple[int, ...] = tuple(range(size))  # the nodes still in the run (elastic runs shrink it)
         self._store = dist.distributed_c10d._get_default_store()
         self._stop = threading.Event()
         self._store.set(_ALIVE.format(rank), repr(time.time()))
@@ -73,6 +76,22 @@ class Heartbeat:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def store(self):
+        """The store the heartbeats go to: the first process group's, which outlives later groups."""
+        return self._store
+
+    def silent(self, nodes, seconds: float) -> list[int]:
+        """The nodes among ``nodes`` with no heartbeat for ``seconds`` (or none at all)."""
+        now, quiet = time.time(), []
+        for node in nodes:
+            if node == self.rank:
+                continue
+            key = _ALIVE.format(node)
+            if not self._store.check([key]) or now - float(self._store.get(key)) > seconds:
+                quiet.append(node)
+        return quiet
+
     def record_blame(self, culprit: int | None) -> None:
         """Before this node leaves after a failure: whom it blames (-1: it could not tell)."""
         _bounded(lambda: self._store.set(_BLAME.format(self.rank), str(-1 if culprit is None else culprit)) or True)
@@ -83,7 +102,7 @@ class Heartbeat:
         def read() -> tuple[dict[int, float], dict[int, int]]:
             self._store.set_timeout(datetime.timedelta(seconds=2))
             beats, blames = {}, {}
-            for rank in range(self.size):
+            for rank in self.members:
                 if rank == self.rank:
                     continue
                 if self._store.check([_ALIVE.format(rank)]):

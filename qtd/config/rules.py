@@ -23,6 +23,7 @@ BUILTIN_MODELS = ("mlp", "mlp_deep", "cnn", "comp_ams_cnn", "resnet18", "linear"
 PS_COMPRESSORS = ("none", "topk", "blocksign")
 SPEED_DISTRIBUTIONS = ("uniform", "fixed")
 BACKENDS = ("auto", "gloo", "nccl")
+ON_PEER_LOSS = ("stop", "continue")
 MAX_NODES = 1024  # one process each; W is dense and its spectral gap is an O(n^3) eigendecomposition
 MAX_SEED = 2**32 - 1  # seeds are scaled and offset per node before they reach torch's 64-bit generators
 # Every duration becomes a sleep, a wait or a datetime.timedelta somewhere (time.sleep and thread waits overflow

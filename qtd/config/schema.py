@@ -15,7 +15,7 @@ from ..algorithms.schedules import LR_DECAYS
 from ..errors import ConfigError
 from ..formats import ALLOWED_BITS, DIFFERENCE_KINDS, QUANTIZED_BITS
 from .rules import (BACKENDS, BUILTIN_DATASETS, BUILTIN_MODELS, MAX_BATCH, MAX_DURATION_S, MAX_NODES,  # noqa: F401
-                    MAX_SEED, MIN_SPEED, MODES, PARTITIONS, PS_COMPRESSORS, SCHEDULES, SPEED_DISTRIBUTIONS,
+                    MAX_SEED, MIN_SPEED, MODES, ON_PEER_LOSS, PARTITIONS, PS_COMPRESSORS, SCHEDULES, SPEED_DISTRIBUTIONS,
                     TIME_VARYING_TOPOLOGIES, TOPOLOGIES, WEIGHTS, _batch, _choice, _duration, _fail, _is_import_path,
                     _non_negative, _positive, _seed, _speed)
 
@@ -259,10 +259,12 @@ class CommConfig:
 
     backend: str = "auto"  # auto: nccl when CUDA is available, else gloo
     timeout_s: float = 60.0  # bound on every wait for a peer
+    on_peer_loss: str = "stop"  # stop: every node stops; continue: the survivors drop the lost node and go on
 
     def __post_init__(self) -> None:
         _choice("comm.backend", self.backend, BACKENDS)
         _duration("comm.timeout_s", self.timeout_s)
+        _choice("comm.on_peer_loss", self.on_peer_loss, ON_PEER_LOSS)
 
 
 @dataclass(frozen=True)
@@ -360,6 +362,33 @@ class Config:
                       f"too short for {spec.name}: the slowest emulated node needs algorithm.batch_size / speed = "
                       f"{per_iteration:g} s per iteration, and a neighbour silent for comm.timeout_s counts as "
                       "dead; raise comm.timeout_s above twice that")
+        if self.comm.on_peer_loss == "continue":
+            _check_elastic(self, spec)
         if self.emulation.speed_distribution == "fixed" and len(self.emulation.speeds) != self.topology.nodes:
             _fail("emulation.speeds", list(self.emulation.speeds),
                   f"give one speed per node ({self.topology.nodes} = topology.nodes)")
+
+
+ELASTIC_RUNNERS = (Runner.GOSSIP, Runner.DIFFERENCE_GOSSIP, Runner.COLLECTIVE)
+
+
+def _check_elastic(config: Config, spec) -> None:
+    """comm.on_peer_loss=continue: the runs whose survivors can go on without the lost node's state."""
+    if config.mode == "ps":
+        _fail("comm.on_peer_loss", "continue",
+              "mode=ps does not go on with fewer workers yet (only mode=decentralized does): use "
+              "on_peer_loss=stop, with run.checkpoint_every and qtd launch --max-restarts to resume")
+    if spec.runner not in ELASTIC_RUNNERS:
+        _fail("comm.on_peer_loss", "continue",
+              f"{spec.name} runs asynchronously, whose channels cannot be rebuilt mid-run yet; continue works "
+              "with the synchronous gossip algorithms (quantimed, qdsgd, dsgd, choco, quantimed_choco) and "
+              "allreduce_sgd: use one of those or on_peer_loss=stop")
+    if config.topology.kind in TIME_VARYING_TOPOLOGIES:
+        _fail("comm.on_peer_loss", "continue",
+              f"topology.kind={config.topology.kind} changes the peers every iteration, and its schedule is "
+              "not rebuilt for survivors: use a static graph (e.g. topology.kind=exponential) or on_peer_loss=stop")
+    if config.comm.backend == "nccl":
+        _fail("comm.on_peer_loss", "continue",
+              "a fresh process group among the survivors is built with gloo only (NCCL cannot abort a "
+              "communicator blocked on a dead peer from here): use comm.backend=gloo")
+

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,15 @@ import numpy as np
 import torch
 
 from ..algorithms import AlgorithmSpec, Runner, display_name, spec_for
-from ..comm import World, broadcast
+from ..comm import World, broadcast, regroup_world
 from ..config import Config, ConfigError
-from ..errors import CheckpointError
+from ..errors import CheckpointError, PeerError
+from ..topology import build_topology, survivors
 from ..metrics import (complete_iterations, load_node_checkpoint, node_file, prune_node_checkpoints,
                        save_node_checkpoint, write_json_atomic)
 from .evaluate import Evaluator, gather_table
 from .model_file import MODEL_FILE, network_average_state, write_model_file
+from .membership import MembershipLog
 from .points import EvalPoint, eval_scalars, point_from_table
 from .parts import NodeParts, build_parts
 from .resume import existing_summary, resume_verdict, run_settings
@@ -96,6 +98,9 @@ class NodeDriver:
                                    replicated=spec.runner is Runner.PS)
         self.counters = NodeCounters()
         self._last_loss = float("nan")
+        self._regrouped = False  # the membership changed: evaluate at once
+        self.membership = MembershipLog(world.members, build_topology(config.topology).spectral_gap
+                                        if world.elastic else 1.0)
         if self._resume_state is not None and self.completion is None:
             self._restore(self.start, self._resume_state)
         self._resume_state = None
@@ -181,8 +186,8 @@ class NodeDriver:
         self.step.restored(iteration)
 
     def _checkpoint(self, number: int, final: bool = False) -> None:
-        save_node_checkpoint(self.out, number, self.world.rank, self._node_state(final))
-        prune_node_checkpoints(self.out, self.world.rank, keep=self.cadence.keep_checkpoints)
+        save_node_checkpoint(self.out, number, self.world.node, self._node_state(final))
+        prune_node_checkpoints(self.out, self.world.node, keep=self.cadence.keep_checkpoints)
 
     # -- the loop -------------------------------------------------------------------------------------------
 
@@ -216,8 +221,14 @@ class NodeDriver:
             if not counters.finished and cadence.finish_due(counters.iterations, now):
                 self.step.finish(counters.iterations)
                 counters.finished, counters.finish_s = True, now
-            if cadence.evaluation_due(iteration, now, unevaluated):
-                point, unevaluated = self._evaluate(iteration), False
+            if cadence.evaluation_due(iteration, now, unevaluated) or self._regrouped:
+                started = time.monotonic()
+                try:
+                    point, unevaluated = self._evaluate(iteration), False
+                except PeerError as error:
+                    self.clock.resume()
+                    iteration = self._regroup(iteration, error, started)
+                    continue
                 if cadence.stop_after(point):
                     break
             if cadence.checkpoint_due(iteration, stepped):
@@ -231,7 +242,13 @@ class NodeDriver:
             if counters.finished:
                 time.sleep(max(cadence.idle_s(self.clock.now(), True), 0.0))
                 continue
-            stats = self.step.step(iteration)
+            started = time.monotonic()
+            try:
+                stats = self.step.step(iteration)
+            except PeerError as error:  # elastic runs go on without the lost node; others stop here
+                iteration = self._regroup(iteration, error, started)
+                stepped, unevaluated = False, True
+                continue
             iteration += 1
             stepped = unevaluated = True
             self._record(iteration, stats)
@@ -239,6 +256,40 @@ class NodeDriver:
         if point is None or unevaluated:  # resumed at the very end: evaluate once more
             point = self._evaluate(iteration)
         return point
+
+    # -- elastic runs (comm.on_peer_loss: continue) ---------------------------------------------------------
+
+    def _regroup(self, iteration: int, error: PeerError, started: float) -> int:
+        """A peer was lost at ``iteration`` (``error``): with ``comm.on_peer_loss: continue`` the survivors
+        agree on who is left and where to go on (:mod:`qtd.comm.membership`), recompute the mixing weights
+        on their graph and go on in a fresh process group, every survivor with the model it has; the time
+        this took counts as training time. Otherwise ``error`` ends the run, as before. Returns the
+        iteration every survivor goes on from (the furthest one reached, so none undoes an update)."""
+        if not self.world.elastic:
+            raise error
+        while True:
+            world, change = regroup_world(self.world, iteration, error)
+            graph = survivors(self.config.topology, world.members)  # TopologyError: the survivors fell apart
+            self.world = self.parts.world = world
+            try:
+                self.step.regroup(world, graph.view(world.node), change.iteration)
+                break
+            except PeerError as again:  # another node lost meanwhile
+                iteration, error = change.iteration, again
+        self.evaluator = Evaluator(world, self.parts.problem.eval_set, self.parts.problem.eval_indices,
+                                   self.evaluator.average, replicated=False)
+        lost_s = time.monotonic() - started
+        self.clock.add(lost_s)
+        event = {**change.record(), "time_s": self.clock.now(), "seconds_lost": round(lost_s, 3),
+                 "spectral_gap": graph.spectral_gap, "edges": graph.edges}
+        self.membership.change(event)
+        if world.rank == 0:
+            self.files.lead(self.config)
+            print(f"qtd: node(s) {', '.join(map(str, change.lost))} {change.cause} at iteration {iteration}; "
+                  f"{world.size} nodes go on from iteration {change.iteration} (spectral gap {graph.spectral_gap:.3g}, "
+                  f"{lost_s:.1f} s lost; comm.on_peer_loss=continue)", file=sys.stderr, flush=True)
+        self._regrouped = True
+        return change.iteration
 
     def _record(self, iteration: int, stats: StepStats) -> None:
         counters, files = self.counters, self.files
@@ -276,9 +327,17 @@ class NodeDriver:
         self.step.evaluated(table)
         point = point_from_table(table, position, time_s, {**columns, **self.step.eval_columns(table)})
         self.cadence.evaluated()
+        self._regrouped = False
+        scalars: dict[str, float] = {}
+        if self.world.elastic:
+            log = self.membership
+            log.seen(table)
+            point = replace(point, columns={**point.columns, **log.columns()},
+                            bytes_sent=point.bytes_sent + log.lost_bytes, eval_bytes=point.eval_bytes + log.lost_eval_bytes)
+            scalars = log.scalars()
         if self.files.metrics is not None:
             self.files.metrics.write(point.row())
-            self.files.global_tb.scalars({**eval_scalars(point), **self.step.eval_scalars(point.columns)},
+            self.files.global_tb.scalars({**eval_scalars(point), **self.step.eval_scalars(point.columns), **scalars},
                                          point.iteration)
         self.clock.resume()
         return point
@@ -302,6 +361,8 @@ class NodeDriver:
             extra["micro_batch_p99_s"] = float(table["micro_batch_p99"].max())
         extra.update(self.cadence.summary_values())
         extra.update(self.step.summary_values(table))
+        if world.elastic:
+            extra.update(self.membership.summary())
         summary = build_summary(algorithm=self.name, spec=self.spec, config=self.config, nodes=world.size,
                                 point=point, samples_per_iteration=table["samples_per_iteration"],
                                 bytes_sent_per_node=table["bytes_sent"], backend=world.backend,

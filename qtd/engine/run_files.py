@@ -35,6 +35,21 @@ class RunFiles:
         self.progress = Progress(run.iterations, initial=start, enabled=run.progress and rank == 0,
                                  desc=f"{desc} x{world_size}", time_budget_s=run.time_budget_s)
 
+    def lead(self, config: Config) -> None:
+        """An elastic run lost node 0, and this node is the lowest left: it writes ``metrics.jsonl`` and
+        ``tensorboard/global`` from now on, after what node 0 wrote (a half row it left is ended first)."""
+        if self.metrics is not None:
+            return
+        out = Path(config.run.out_dir)
+        path = out / "metrics.jsonl"
+        if path.exists() and path.stat().st_size:
+            with open(path, "rb+") as handle:
+                handle.seek(-1, 2)
+                if handle.read(1) != b"\n":
+                    handle.write(b"\n")
+        self.metrics = JsonlWriter(path)
+        self.global_tb = TensorBoardLogger(out / "tensorboard" / "global")
+
     def close(self) -> None:
         self.progress.close()
         self.node_log.close()

@@ -5,9 +5,9 @@ Uses networkx and numpy only; never imports torch.distributed.
 
 from .graphs import build_graph, check_connected, torus_shape
 from .mixing import check_mixing_matrix, default_kappa, mixing_matrix, spectral_gap
-from .topology import NodeView, Topology, build_topology, topology_from_graph
+from .topology import NodeView, Survivors, Topology, build_topology, survivors, topology_from_graph
 
 __all__ = [
-    "NodeView", "Topology", "build_graph", "build_topology", "check_connected", "check_mixing_matrix",
+    "NodeView", "Survivors", "Topology", "build_graph", "survivors", "build_topology", "check_connected", "check_mixing_matrix",
     "default_kappa", "mixing_matrix", "spectral_gap", "topology_from_graph", "torus_shape",
 ]

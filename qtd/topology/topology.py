@@ -125,3 +125,41 @@ def build_topology(config: TopologyConfig) -> Topology:
     if config.kind in TIME_VARYING:
         return time_varying_topology(config)
     return topology_from_graph(build_graph(config), config.weights, config.kappa)
+
+
+@dataclass(frozen=True)
+class Survivors:
+    """The graph among the nodes still in an elastic run, with its mixing weights (nodes keep their ids)."""
+
+    members: tuple[int, ...]
+    mixing: np.ndarray  # len(members) x len(members), rows and columns in ``members`` order
+    spectral_gap: float
+    edges: int
+
+    def view(self, node: int) -> NodeView:
+        """Node ``node``'s neighbours (graph node ids, ascending) and weights in the survivors' graph."""
+        index = self.members.index(node)
+        row = self.mixing[index]
+        neighbours = tuple(m for k, m in enumerate(self.members) if k != index and row[k] > 0)
+        return NodeView(rank=node, neighbours=neighbours, self_weight=float(row[index]),
+                        neighbour_weights=tuple(float(row[self.members.index(j)]) for j in neighbours))
+
+
+def survivors(config: TopologyConfig, members: tuple[int, ...]) -> Survivors:
+    """The induced graph of ``config``'s graph on ``members``, its weights recomputed as ``topology.weights``
+    says (Metropolis needs only the survivors' degrees; the Laplacian rule refreshes its default kappa).
+    TopologyError naming the separated nodes when the survivors' graph is disconnected."""
+    members = tuple(sorted(members))
+    graph = nx.relabel_nodes(build_graph(config).subgraph(members), {m: k for k, m in enumerate(members)})
+    if len(members) > 1 and not nx.is_connected(graph):
+        parts = sorted((sorted(members[k] for k in c) for c in nx.connected_components(graph)), key=lambda c: c[0])
+        raise TopologyError(f"without the lost node(s) the graph falls apart into {len(parts)} components "
+                            f"({'; '.join(' '.join(map(str, p)) for p in parts)}), which could never agree again: "
+                            "the run stops; a graph where every node has two disjoint paths to every other "
+                            "(a ring, exponential, torus or random graph with a higher topology.p) survives a loss")
+    if len(members) == 1:
+        return Survivors(members, np.ones((1, 1)), 1.0, 0)
+    w = mixing_matrix(graph, config.weights, config.kappa)
+    check_mixing_matrix(w, graph)
+    _, gap = spectral_gap(w)
+    return Survivors(members, w, gap, graph.number_of_edges())

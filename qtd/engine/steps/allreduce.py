@@ -42,6 +42,9 @@ class AllReduceStep(Step):
         self._bytes_sent += ring_allreduce_bytes(self._nbytes, self.world.size)
         return stats_from(result, speed, wait_s, time.monotonic() - start)
 
+    def regroup(self, world: World, view: Any, iteration: int) -> None:
+        self.world = world  # the all-reduce averages over the survivors
+
     @property
     def bytes_sent(self) -> int:
         return self._bytes_sent

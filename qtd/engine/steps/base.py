@@ -196,6 +196,11 @@ class Step:
     def abort(self) -> None:
         """The run failed: let go of the network without waiting for peers."""
 
+    def regroup(self, world: Any, view: Any, iteration: int) -> None:
+        """Collective among the survivors of an elastic run (``comm.on_peer_loss: continue``): go on in
+        ``world`` with this node's ``view`` of the survivors' graph, from ``iteration``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot go on without a lost node")
+
     def eval_values(self) -> dict[str, float]:
         """This node's values gathered at every evaluation (same keys on every node)."""
         return {}

@@ -77,6 +77,17 @@ class DifferenceGossipStep(AutoDeadlineStep):
         log = self.gradients.observed(result, wait_s, self.overlap)
         return stats_from(result, speed, wait_s, time.monotonic() - start, log=log)
 
+    def regroup(self, world: World, view: NodeView, iteration: int) -> None:
+        """The survivors' weights differ, and s_i = sum_j w_ij x̂_j is kept as one sum: neighbours swap their
+        public copies once, exactly (float32), and s_i is summed anew, so no copy restarts from zero."""
+        self.world, self.view = world, view
+        self.exchange.regroup(world, view)
+        copies = ModelExchange(world, view, [(self.flat.numel, 32)], 0, self.flat.params.device, None)
+        mixed, = copies.mixed(copies.post([self.copies.own], iteration))
+        self.copies.neighbours.copy_(mixed)
+        self.copies.others_weight = 1 - view.self_weight
+        self.exchange._carried += copies.bytes_sent
+
     @property
     def bytes_sent(self) -> int:
         return self.exchange.bytes_sent

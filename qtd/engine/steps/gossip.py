@@ -63,6 +63,10 @@ class GossipStep(AutoDeadlineStep):
         error = float((self.exchange.sent(iteration) - self.flat.params).double().square().sum())
         return (1 - w_self) ** 2 * error / sizes.alpha ** 2
 
+    def regroup(self, world: World, view: NodeView, iteration: int) -> None:
+        self.world = world
+        self.exchange.regroup(world, view)
+
     @property
     def bytes_sent(self) -> int:
         return self.exchange.bytes_sent

@@ -34,21 +34,33 @@ class ModelExchange:
     def __init__(self, world: World, views: NodeView | Sequence[NodeView],
                  parts: Sequence[tuple[int, int] | GridCodec | SparseCodec], seed: int, device: torch.device,
                  link: LinkModel | None = None) -> None:
-        self.world, self.seed = world, seed
-        # one view per iteration of a period (a time-varying topology: iteration t uses views[t % period])
-        self.views = (views,) if isinstance(views, NodeView) else tuple(views)
+        self.seed, self.link = seed, link
         self.codecs = [GridCodec(part[0], part[1], seed) if isinstance(part, tuple) else part for part in parts]
         sizes = [codec.message_nbytes for codec in self.codecs]
         self._slices = [(sum(sizes[:k]), size) for k, size in enumerate(sizes)]
-        by_peers: dict[tuple[int, ...], NeighbourExchange] = {}  # rounds with the same peers share buffers
-        for view in self.views:
-            if view.neighbours not in by_peers:
-                by_peers[view.neighbours] = NeighbourExchange(world, view.neighbours, sum(sizes), link)
-        self._rounds = [by_peers[view.neighbours] for view in self.views]
-        self._exchanges = list(by_peers.values())
+        self._carried = 0  # bytes sent before the latest regroup
+        self._connect(world, views)
         self._decoded = [torch.empty(codec.numel, dtype=torch.float32, device=device) for codec in self.codecs]
         self._mixed = [torch.empty(codec.numel, dtype=torch.float32, device=device) for codec in self.codecs]
         self._own: list[Tensor] | None = None  # this node's own decoded messages, for difference gossip
+
+    def _connect(self, world: World, views: NodeView | Sequence[NodeView]) -> None:
+        self.world = world
+        # one view per iteration of a period (a time-varying topology: iteration t uses views[t % period])
+        self.views = (views,) if isinstance(views, NodeView) else tuple(views)
+        nbytes = sum(codec.message_nbytes for codec in self.codecs)
+        by_peers: dict[tuple[int, ...], NeighbourExchange] = {}  # rounds with the same peers share buffers
+        for view in self.views:
+            if view.neighbours not in by_peers:
+                by_peers[view.neighbours] = NeighbourExchange(world, view.neighbours, nbytes, self.link)
+        self._rounds = [by_peers[view.neighbours] for view in self.views]
+        self._exchanges = list(by_peers.values())
+
+    def regroup(self, world: World, view: NodeView) -> None:
+        """An elastic run lost a node: exchange with ``view``'s neighbours in ``world`` from now on (the byte
+        count goes on)."""
+        self._carried = self.bytes_sent
+        self._connect(world, view)
 
     def view(self, iteration: int) -> NodeView:
         """This node's neighbours and weights at ``iteration``."""
@@ -62,7 +74,7 @@ class ModelExchange:
         exchange = self._exchange(iteration)
         send = exchange.send_message
         for tensor, codec, (start, size) in zip(tensors, self.codecs, self._slices):
-            codec.encode(tensor.detach(), self.world.rank, iteration, out=send[start:start + size])
+            codec.encode(tensor.detach(), self.world.node, iteration, out=send[start:start + size])
         return exchange.start(iteration)
 
     def _received(self, messages: dict[int, Tensor], part: int, iteration: int) -> Iterator[tuple[Tensor, float]]:
@@ -85,13 +97,13 @@ class ModelExchange:
         codec, (start, size) = self.codecs[part], self._slices[part]
         if self._own is None:
             self._own = [torch.empty_like(buffer) for buffer in self._decoded]
-        return codec.decode(self._exchange(iteration).send_message[start:start + size], self.world.rank, iteration,
+        return codec.decode(self._exchange(iteration).send_message[start:start + size], self.world.node, iteration,
                             out=self._own[part])
 
     @property
     def bytes_sent(self) -> int:
         """Bytes this node sent so far, headers included."""
-        return sum(exchange.sent.total for exchange in self._exchanges)
+        return self._carried + sum(exchange.sent.total for exchange in self._exchanges)
 
     @property
     def wait_s(self) -> float:

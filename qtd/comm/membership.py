@@ -1,0 +1,128 @@
+"""Who is in the run (``comm.on_peer_loss: continue``): after a lost node, the survivors agree on the new
+membership through the rendezvous store and go on in a fresh process group.
+
+The store must outlive every node, so elastic runs are started by qtd's own supervisor
+(:mod:`qtd.engine.supervise`), which hosts it. A node whose exchange or collective fails (a dead peer closes
+its connections at once; a stalled one is given up on after ``comm.timeout_s``) leaves its process group;
+leaving closes its connections, so every other node's next wait fails at once too, and every survivor
+ends up here. Each writes the iteration it stands at under epoch e + 1 and waits until every member of
+epoch e has arrived or fallen silent (its heartbeat stopped). The first to see that proposes the
+membership in one compare-and-set; every node reads the same decision: the members, the iteration all
+go on from (the furthest any member reached, so no update is undone), and the lost nodes with their
+cause. The members then form epoch e + 1's process group over a store prefix of their own. A node the
+others gave up on (it came back after they decided) learns it is out and leaves with one clear message.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import time
+from dataclasses import dataclass
+
+import torch.distributed as dist
+
+from ..errors import PeerError
+from .liveness import PERIOD_S
+
+POLL_S = 0.05
+SILENT_S = 3 * PERIOD_S  # a member whose heartbeat is this old has stopped or died
+_AT = "qtd/epoch/{}/at/{}"
+_DECIDED = "qtd/epoch/{}/members"
+
+
+@dataclass(frozen=True)
+class Regroup:
+    """What the survivors agreed on when they formed epoch ``epoch``."""
+
+    epoch: int
+    members: tuple[int, ...]
+    lost: tuple[int, ...]
+    iteration: int  # every member goes on from this iteration
+    cause: str  # "died" (its connections closed) or "stalled" (silent for comm.timeout_s)
+    seconds: float  # from this node's failure to the new group
+
+    def record(self) -> dict:
+        return {"epoch": self.epoch, "iteration": self.iteration, "lost": list(self.lost), "cause": self.cause,
+                "members": list(self.members), "seconds": round(self.seconds, 3)}
+
+
+def _get(store, key: str) -> str | None:
+    return store.get(key).decode() if store.check([key]) else None
+
+
+def agree(store, epoch: int, members: tuple[int, ...], node: int, iteration: int, stalled: bool,
+          heartbeat, wait_s: float) -> tuple[tuple[int, ...], tuple[int, ...], int, str]:
+    """The membership of epoch ``epoch + 1`` (members, lost, iteration, cause), the same on every node.
+
+    ``members`` are epoch ``epoch``'s; ``iteration`` is where this node stands; ``stalled``: its failure was a
+    timeout. Waits at most ``wait_s`` for members that still beat but have not arrived (they wait out their
+    own timeout), then decides without them.
+    """
+    nxt = epoch + 1
+    store.set(_AT.format(nxt, node), json.dumps({"iteration": iteration, "stalled": stalled}))
+    give_up = time.monotonic() + wait_s
+    while True:
+        decided = _get(store, _DECIDED.format(nxt))
+        if decided is None:
+            arrived = {m: json.loads(v) for m in members if (v := _get(store, _AT.format(nxt, m))) is not None}
+            silent = set(heartbeat.silent(members, SILENT_S)) - set(arrived)
+            if len(arrived) + len(silent) == len(members) or time.monotonic() > give_up:
+                kept = sorted(arrived)
+                proposal = json.dumps({"members": kept, "lost": sorted(set(members) - set(kept)),
+                                       "iteration": max(a["iteration"] for a in arrived.values()),
+                                       "cause": "stalled" if any(a["stalled"] for a in arrived.values()) else "died"})
+                decided = store.compare_set(_DECIDED.format(nxt), "", proposal).decode()
+        if decided is not None:
+            value = json.loads(decided)
+            return tuple(value["members"]), tuple(value["lost"]), int(value["iteration"]), value["cause"]
+        time.sleep(POLL_S)
+
+
+def forget(error: BaseException) -> None:
+    """Drop what ``error`` keeps alive: its traceback holds the failed exchange's works, and they hold the
+    process group's connections open, so :func:`leave_group` would not close them."""
+    while error is not None:
+        linked = error.__context__ or error.__cause__
+        error.__traceback__ = error.__context__ = error.__cause__ = None
+        error = linked
+
+
+def leave_group() -> None:
+    """Leave the current process group: its connections close (once nothing holds one of its works), so
+    the other nodes' waits on this one fail at once."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()
+
+
+def join_group(store, backend: str, epoch: int, rank: int, size: int, timeout_s: float) -> None:
+    """Form epoch ``epoch``'s process group (the default group) over its own store prefix."""
+    dist.init_process_group(backend, store=dist.PrefixStore(f"qtd/epoch/{epoch}/group", store), rank=rank,
+                            world_size=size, timeout=datetime.timedelta(seconds=max(timeout_s, 1.0)))
+
+
+def regroup(store, backend: str, epoch: int, members: tuple[int, ...], node: int, iteration: int,
+            stalled: bool, heartbeat, timeout_s: float) -> Regroup:
+    """After a failure in epoch ``epoch``: leave its group, agree on the next membership, join its group
+    (again, one epoch on, if a member is lost while the group forms).
+
+    PeerError when this node is no longer a member: the others went on without it.
+    """
+    started, lost_all = time.monotonic(), ()
+    while True:
+        leave_group()
+        new_members, lost, agreed, cause = agree(store, epoch, members, node, iteration, stalled, heartbeat,
+                                                 timeout_s + 2 * SILENT_S)
+        lost_all += lost
+        if node not in new_members:
+            raise PeerError(f"the other nodes went on without this one from iteration {agreed} (it was silent "
+                            f"past comm.timeout_s={timeout_s:g} s when they agreed on who is left)", node)
+        epoch, members, iteration = epoch + 1, new_members, agreed
+        try:
+            join_group(store, backend, epoch, new_members.index(node), len(new_members), timeout_s)
+        except (RuntimeError, ValueError):  # a member was lost meanwhile: agree once more
+            stalled = True
+            continue
+        return Regroup(epoch, members, tuple(sorted(lost_all)), agreed, cause, time.monotonic() - started)
