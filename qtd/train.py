@@ -28,6 +28,7 @@ def train_command(config_path: str, overrides: Sequence[str]) -> int:
     from .comm import choose_backend, close_world, init_world  # heavy imports after the config is known to be good
     from .compress import warm_up_for
     from .engine import run_node
+    from .engine.supervise import JOIN_ENV
 
     elastic = config.comm.on_peer_loss == "continue"
     backend = "gloo" if elastic else config.comm.backend  # survivors regroup over gloo (qtd.comm.membership)
@@ -37,14 +38,20 @@ def train_command(config_path: str, overrides: Sequence[str]) -> int:
                           "torchrun stops every node when one exits): start the run with qtd launch")
     _, device = choose_backend(backend)
     warm_up_for(config, device)
-    world = init_world(backend, config.comm.timeout_s, elastic=elastic)
+    joined = None
+    if elastic and os.environ.get(JOIN_ENV) == "1":  # restarted by qtd launch --max-restarts: join the others
+        from .comm import join_world
+
+        world, joined = join_world(backend, config.comm.timeout_s)
+    else:
+        world = init_world(backend, config.comm.timeout_s, elastic=elastic)
     try:
-        run_node(config, world)
+        run_node(config, world, joined)
     except PeerError as exc:
         from .comm import record_blame
 
         record_blame(world, exc)  # the other nodes follow it to the cause
-        line = f"qtd: node {world.rank}: error: {one_line(exc)}"
+        line = f"qtd: node {world.node}: error: {one_line(exc)}"
         print(line, file=sys.stderr, flush=True)
         _tell_the_launcher(line, exc.culprit)
         if world.rank == 0:  # node 0 hosts the rendezvous store: keep it up while the others read who failed
@@ -52,7 +59,7 @@ def train_command(config_path: str, overrides: Sequence[str]) -> int:
         # Sends and receives still posted to a dead peer would block a clean shutdown: leave now.
         os._exit(1)
     except QtdError as exc:
-        print(f"qtd: node {world.rank}: error: {one_line(exc)}", file=sys.stderr, flush=True)
+        print(f"qtd: node {world.node}: error: {one_line(exc)}", file=sys.stderr, flush=True)
         os._exit(2)
     except KeyboardInterrupt:  # Ctrl-C reaches every node; the launcher says so once
         os._exit(130)

@@ -29,6 +29,7 @@ REQUIRED = {
     "faults": ("trials", "completed_or_clear_error", "hangs", "lost_or_spliced"),
     "real_cluster": ("time_to_target_s", "speedup_vs_ddp", "speedup_vs_dsgd", "speedup_vs_ddp_fair_weather",
                      "levels", "fair_weather"),
+    "elastic": ("trials", "survived", "mean_seconds_lost_per_failure", "accuracy_gap_vs_uninterrupted"),
     "deep_gossip": ("final_consensus_error", "final_eval_accuracy", "consensus_ratio_quantimed_over_quantimed_choco",
                     "accuracy_gap_vs_dsgd_points"),
 }
@@ -143,3 +144,15 @@ def test_paper_reproduction_quick_runs_end_to_end(tmp_path, mnist_dir):
     data = json.loads((tmp_path / "paper_reproduction.json").read_text())
     assert data["summary"]["time_to_target_s"]["dsgd"] > 0
     assert (tmp_path / "paper_reproduction.png").is_file()
+
+
+def test_readme_quotes_the_elastic_trials():
+    data = summary("elastic")
+    assert f"**{data['survived']} of {data['trials']}** SIGKILL trials" in README
+    assert f"**{data['mean_seconds_lost_per_failure']:.2f} s** lost per failure" in README
+    assert f"(at most {data['max_seconds_lost_per_failure']:.2f} s)" in README
+    assert f"within **{data['accuracy_gap_vs_uninterrupted']:.2f} points**" in README
+    assert f"({data['max_accuracy_gap_vs_uninterrupted']:.2f} at most)" in README
+    assert f"{data['stop_survived']} of {data['stop_trials']} SIGSTOP trials" in README
+    assert f"**{data['mean_seconds_lost_per_stop']:.2f} s** each" in README
+

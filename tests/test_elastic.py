@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from qtd.config import ConfigError, TopologyConfig, load_config
 from qtd.engine.membership import MembershipLog
@@ -47,7 +48,7 @@ def test_survivors_that_fall_apart_are_named_component_by_component():
 
 def test_the_membership_log_keeps_the_lost_nodes_traffic_and_reports_each_change_once():
     log = MembershipLog([0, 1, 2], 0.5)
-    log.seen({"bytes_sent": np.array([10.0, 20.0, 30.0]), "eval_bytes": np.array([1.0, 2.0, 3.0])})
+    log.seen({"bytes_sent": np.array([10.0, 20.0, 30.0]), "eval_bytes": np.array([1.0, 2.0, 3.0])}, (0, 1, 2))
     log.change({"members": [0, 2], "lost": [1], "iteration": 7, "cause": "died", "spectral_gap": 1.0})
     first, second = log.columns(), log.columns()
     assert first["nodes"] == 2 and first["membership_change"][0]["lost"] == [1]
@@ -71,23 +72,19 @@ def test_runs_that_cannot_continue_without_a_node_are_refused_with_what_to_chang
         load_config(REPO / "configs" / "quickstart.yaml", ["comm.on_peer_loss=maybe"])
 
 
-def test_an_elastic_node_started_without_qtd_launch_and_max_restarts_are_refused(tmp_path):
+def test_an_elastic_node_started_without_qtd_launch_is_refused(tmp_path):
     env = {k: v for k, v in child_env().items() if k != "TORCHELASTIC_USE_AGENT_STORE"}
-    base = ["--config", "configs/quickstart.yaml", "--set", f"run.out_dir={tmp_path}", "--set",
-            "comm.on_peer_loss=continue"]
-    node = subprocess.run([sys.executable, "-m", "qtd.train", *base], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=120)
+    node = subprocess.run([sys.executable, "-m", "qtd.train", "--config", "configs/quickstart.yaml", "--set",
+                           f"run.out_dir={tmp_path}", "--set", "comm.on_peer_loss=continue"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
     assert node.returncode == 2 and "needs `qtd launch CONFIG`" in node.stderr and "Traceback" not in node.stderr
-    launch = subprocess.run([sys.executable, "-m", "qtd.cli.main", "launch", "--max-restarts", "1", *base[1:]],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert launch.returncode != 0 and "does not rejoin yet" in launch.stderr, launch.stderr[-2000:]
 
 
 # -- real runs -------------------------------------------------------------------------------------------------
 
-def _launch_and_hit(out, victim: int, how: signal.Signals, at: int, extra=()) -> subprocess.CompletedProcess:
+def _launch_and_hit(out, victim: int, how: signal.Signals, at: int, extra=(), launch=()) -> subprocess.CompletedProcess:
     """`qtd launch` of 5 nodes; ``how`` sent to node ``victim`` once its log reaches iteration ``at``."""
-    args = [sys.executable, "-m", "qtd.cli.main", "launch", "configs/quickstart.yaml"]
+    args = [sys.executable, "-m", "qtd.cli.main", "launch", "configs/quickstart.yaml", *launch]
     for override in (*ELASTIC, f"run.out_dir={out}", *extra):
         args += ["--set", override]
     launcher = subprocess.Popen(args, cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -156,3 +153,31 @@ def test_choco_survivors_swap_their_public_copies_and_finish(tmp_path):
     result = _launch_and_hit(out, 3, signal.SIGKILL, 30, ("algorithm.name=choco", "algorithm.gamma=0.5",
                                                           "compression.bits=2", "algorithm.batch_size=16"))
     _check_survivors_finished(out, 3, "died", result)
+
+
+@pytest.mark.slow
+def test_a_killed_node_restarted_by_max_restarts_rejoins_and_ends_as_close_to_the_average_as_the_others(tmp_path):
+    out = tmp_path / "run"
+    iterations = 500
+    result = _launch_and_hit(out, 2, signal.SIGKILL, 30, ("run.iterations=500", "run.eval_every=20",
+                                                          "algorithm.deadline_s=0.05"), ("--max-restarts", "1"))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "starting it again to rejoin them" in result.stderr
+    membership = json.loads((out / "summary.json").read_text())["membership"]
+    assert membership["final"] == [0, 1, 2, 3, 4]
+    lost, joined = membership["changes"]
+    assert lost["lost"] == [2] and lost["cause"] == "died"
+    assert joined["joined"] == [2] and joined["cause"] == "joined" and joined["members"] == [0, 1, 2, 3, 4]
+    assert lost["iteration"] < joined["iteration"] < iterations
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["iteration"] == iterations and rows[-1]["nodes"] == 5
+    # every node's final model, the rejoined one's too: its distance to the average is one of the others'
+    final = out / "checkpoints" / f"iter_{iterations:08d}"
+    models = {k: torch.load(final / f"node_{k:03d}.pt", weights_only=False)["params"] for k in range(5)}
+    average = sum(models.values()) / 5
+    spread = {k: float((x - average).square().sum()) for k, x in models.items()}
+    others = [spread[k] for k in (0, 1, 3, 4)]
+    assert spread[2] <= 1.5 * max(others), spread
+    log = [json.loads(line) for line in (out / "nodes" / "node_002.jsonl").read_text().splitlines()]
+    assert log[-1]["iteration"] == iterations and any(row["iteration"] > joined["iteration"] for row in log)
+

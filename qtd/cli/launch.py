@@ -36,10 +36,6 @@ def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int
     if max_restarts < 0:
         raise ConfigError(f"--max-restarts={max_restarts} is not allowed: give a number of restarts >= 0")
     config = preflight(config_path, overrides, data=True)
-    if config.comm.on_peer_loss == "continue" and max_restarts:
-        raise ConfigError(f"--max-restarts={max_restarts} restarts every node after a failure, and with "
-                          "comm.on_peer_loss=continue the survivors go on without the lost node instead; a lost "
-                          "node does not rejoin yet: drop --max-restarts or set comm.on_peer_loss=stop")
     complete = check_resume(config, config.topology.nodes)  # ConfigError where resuming would mislabel results
     if complete:
         print(complete, file=sys.stderr, flush=True)
@@ -58,7 +54,7 @@ def launch_command(config_path: str, overrides: Sequence[str], max_restarts: int
         from ..engine.supervise import supervise
 
         node_command = [sys.executable, *command[command.index("-m", 3):]]  # torchrun's worker command
-        code = supervise(node_command, config.topology.nodes, config.comm.timeout_s)
+        code = supervise(node_command, config.topology.nodes, config.comm.timeout_s, max_restarts)
     else:
         from ..engine.torchrun import run_torchrun  # torch is loaded already: run the launcher in this process
 

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ..errors import ConfigError, PeerError
 from .liveness import Heartbeat
-from .membership import Regroup, forget, regroup
+from .membership import Regroup, admit, forget, join, regroup
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class World:
 
     @property
     def members(self) -> tuple[int, ...]:
-        """The graph nodes in the current process group, ascending."""
+        """The graph nodes in the current process group, in group-rank order."""
         return self.nodes if self.nodes else tuple(range(self.size))
 
     def group_rank(self, node: int) -> int:
@@ -105,10 +105,40 @@ def regroup_world(world: World, iteration: int, error: PeerError) -> tuple[World
     change = regroup(world.heartbeat.store, world.backend, world.epoch, world.members, world.node, iteration,
                      error.stalled, world.heartbeat, world.timeout_s)
     world.heartbeat.members = change.members
-    new = World(rank=change.members.index(world.node), size=len(change.members), local_rank=world.local_rank,
-                device=world.device, backend=world.backend, timeout_s=world.timeout_s, heartbeat=world.heartbeat,
-                nodes=change.members, epoch=change.epoch, elastic=True)
-    return new, change
+    return _world_of(world, change), change
+
+
+def join_world(backend: str, timeout_s: float) -> tuple[World, Regroup]:
+    """An elastic run's node started after the others (qtd launch --max-restarts restarts a lost one): reach
+    the launcher's store, ask to join, and wait until the members let it in at an evaluation."""
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                          timeout=datetime.timedelta(seconds=max(timeout_s, 1.0)))
+    backend, device = choose_backend(backend)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    node, nodes = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    heartbeat = Heartbeat(node, nodes, store)
+    change = join(store, backend, node, timeout_s)
+    heartbeat.members = change.members
+    world = World(rank=change.members.index(node), size=len(change.members),
+                  local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device, backend=backend,
+                  timeout_s=timeout_s, heartbeat=heartbeat, nodes=change.members, epoch=change.epoch, elastic=True)
+    return world, change
+
+
+def admit_world(world: World, joiners: tuple[int, ...], iteration: int, time_s: float,
+                history: list) -> tuple[World, Regroup]:
+    """Collective among an elastic run's members: let ``joiners`` in after this evaluation (:mod:`.membership`)."""
+    change = admit(world.heartbeat.store, world.backend, world.epoch, world.members, world.rank, joiners, iteration,
+                   time_s, history, world.timeout_s)
+    world.heartbeat.members = change.members
+    return _world_of(world, change), change
+
+
+def _world_of(world: World, change: Regroup) -> World:
+    return World(rank=change.members.index(world.node), size=len(change.members), local_rank=world.local_rank,
+                 device=world.device, backend=world.backend, timeout_s=world.timeout_s, heartbeat=world.heartbeat,
+                 nodes=change.members, epoch=change.epoch, elastic=True)
 
 
 def record_blame(world: World, error: PeerError) -> None:

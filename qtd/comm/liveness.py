@@ -57,10 +57,13 @@ def _node_zero_hosts_the_store() -> bool:
 class Heartbeat:
     """A daemon thread that stamps ``qtd/alive/<rank>`` every PERIOD_S seconds while the process lives."""
 
-    def __init__(self, rank: int, size: int) -> None:
+    def __init__(self, rank: int, size: int, store=None) -> None:
         self.rank, self.size = rank, size
-        self.members: tuple[int, ...] = tuple(range(size))  # the nodes still in the run (elastic runs shrink it)
-        self._store = dist.distributed_c10d._get_default_store()
+        self.members: tuple[int, ...] = tuple(range(size))  # the nodes in the run (elastic runs change it)
+        if store is None:  # the first group's store without torch's prefixes: a node that joins later reaches it too
+            store = dist.distributed_c10d._get_default_store()
+            store = getattr(store, "_underlying_non_prefix_store", store)
+        self._store = store
         self._stop = threading.Event()
         self._store.set(_ALIVE.format(rank), repr(time.time()))
         self._thread = threading.Thread(target=self._run, name="qtd-heartbeat", daemon=True)

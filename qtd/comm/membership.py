@@ -30,6 +30,10 @@ POLL_S = 0.05
 SILENT_S = 3 * PERIOD_S  # a member whose heartbeat is this old has stopped or died
 _AT = "qtd/epoch/{}/at/{}"
 _DECIDED = "qtd/epoch/{}/members"
+_EPOCH = "qtd/epoch/now"  # the newest epoch whose group formed
+_JOIN = "qtd/join/{}"  # a node asks to (re)join
+_JOINS = "qtd/join/count"
+JOIN_WAIT_S = 900.0  # how long a joining node waits to be let in (the members look at every evaluation)
 
 
 @dataclass(frozen=True)
@@ -37,15 +41,19 @@ class Regroup:
     """What the survivors agreed on when they formed epoch ``epoch``."""
 
     epoch: int
-    members: tuple[int, ...]
+    members: tuple[int, ...]  # in group-rank order: joined nodes come after the others
     lost: tuple[int, ...]
     iteration: int  # every member goes on from this iteration
-    cause: str  # "died" (its connections closed) or "stalled" (silent for comm.timeout_s)
-    seconds: float  # from this node's failure to the new group
+    cause: str  # "died" (its connections closed), "stalled" (silent for comm.timeout_s) or "joined"
+    seconds: float  # from this node's failure (or the evaluation that let nodes in) to the new group
+    joined: tuple[int, ...] = ()
+    time_s: float = 0.0  # joins: the members' mean training time, where the joining nodes' clocks start
+    history: tuple = ()  # joins: the changes before this one, for the joining nodes' record
 
     def record(self) -> dict:
-        return {"epoch": self.epoch, "iteration": self.iteration, "lost": list(self.lost), "cause": self.cause,
-                "members": list(self.members), "seconds": round(self.seconds, 3)}
+        return {"epoch": self.epoch, "iteration": self.iteration, "lost": list(self.lost),
+                "joined": list(self.joined), "cause": self.cause, "members": sorted(self.members),
+                "seconds": round(self.seconds, 3)}
 
 
 def _get(store, key: str) -> str | None:
@@ -69,7 +77,7 @@ def agree(store, epoch: int, members: tuple[int, ...], node: int, iteration: int
             arrived = {m: json.loads(v) for m in members if (v := _get(store, _AT.format(nxt, m))) is not None}
             silent = set(heartbeat.silent(members, SILENT_S)) - set(arrived)
             if len(arrived) + len(silent) == len(members) or time.monotonic() > give_up:
-                kept = sorted(arrived)
+                kept = [m for m in members if m in arrived]  # the group's order: the lowest-ranked keeps the run files
                 proposal = json.dumps({"members": kept, "lost": sorted(set(members) - set(kept)),
                                        "iteration": max(a["iteration"] for a in arrived.values()),
                                        "cause": "stalled" if any(a["stalled"] for a in arrived.values()) else "died"})
@@ -125,4 +133,74 @@ def regroup(store, backend: str, epoch: int, members: tuple[int, ...], node: int
         except (RuntimeError, ValueError):  # a member was lost meanwhile: agree once more
             stalled = True
             continue
+        store.set(_EPOCH, str(epoch))
         return Regroup(epoch, members, tuple(sorted(lost_all)), agreed, cause, time.monotonic() - started)
+
+
+def ask_to_join(store, node: int) -> None:
+    """A node started after the others (or restarted after it was lost) asks to be let in."""
+    store.set(_JOIN.format(node), "1")
+    store.add(_JOINS, 1)
+
+
+class JoinRequests:
+    """What the members read at every evaluation: which nodes asked to join (one store read while none did)."""
+
+    def __init__(self, store, nodes: int) -> None:
+        self.store, self.nodes, self._count = store, nodes, 0
+
+    def mask(self, members: tuple[int, ...]) -> int:
+        """The nodes outside ``members`` that asked to join, as a bit mask (gathered with the evaluation)."""
+        count = int(self.store.add(_JOINS, 0))
+        if count == self._count:
+            return 0
+        asking = [k for k in range(self.nodes) if k not in members and self.store.check([_JOIN.format(k)])]
+        if not asking:
+            self._count = count
+        return sum(1 << k for k in asking)
+
+
+def admit(store, backend: str, epoch: int, members: tuple[int, ...], rank: int, joiners: tuple[int, ...],
+          iteration: int, time_s: float, history: list, timeout_s: float) -> Regroup:
+    """Collective among the members, right after an evaluation that saw ``joiners`` ask: the lowest-ranked
+    member writes the decision (the members, then the joiners; the iteration; its training time), every
+    member leaves the group, and all, joiners included, form epoch ``epoch + 1``'s."""
+    started, nxt = time.monotonic(), epoch + 1
+    new_members = tuple(members) + tuple(j for j in joiners if j not in members)
+    if rank == 0:
+        for j in joiners:
+            store.delete_key(_JOIN.format(j))
+        store.set(_DECIDED.format(nxt), json.dumps({"members": list(new_members), "lost": [], "joined": list(joiners),
+                                                    "iteration": iteration, "cause": "joined", "time_s": time_s,
+                                                    "history": history}))
+    store.get(_DECIDED.format(nxt))  # every member waits for the decision (bounded by the store's timeout)
+    leave_group()
+    join_group(store, backend, nxt, new_members.index(members[rank]), len(new_members), timeout_s)
+    store.set(_EPOCH, str(nxt))
+    return Regroup(nxt, new_members, (), iteration, "joined", time.monotonic() - started, tuple(joiners), time_s)
+
+
+def join(store, backend: str, node: int, timeout_s: float) -> Regroup:
+    """A joining node: ask, then wait (at most JOIN_WAIT_S) for a decision that lets it in, and join its group."""
+    started = time.monotonic()
+    epoch = int(store.get(_EPOCH).decode()) if store.check([_EPOCH]) else 0  # before asking: no decision is missed
+    ask_to_join(store, node)
+    while time.monotonic() - started < JOIN_WAIT_S:
+        decided = _get(store, _DECIDED.format(epoch + 1))
+        if decided is None:
+            time.sleep(POLL_S)
+            continue
+        value = json.loads(decided)
+        members = tuple(value["members"])
+        if node not in members or value.get("cause") != "joined":  # a loss came first: wait for the next epoch
+            epoch += 1
+            continue
+        try:
+            join_group(store, backend, epoch + 1, members.index(node), len(members), timeout_s)
+        except (RuntimeError, ValueError):
+            raise PeerError(f"joining the running nodes at iteration {value['iteration']} failed: a member was lost "
+                            "as the group formed; start this node again") from None
+        return Regroup(epoch + 1, members, (), int(value["iteration"]), "joined", time.monotonic() - started,
+                       tuple(value["joined"]), float(value["time_s"]), tuple(value.get("history", ())))
+    raise PeerError(f"the running nodes did not let this node in within {JOIN_WAIT_S:g} s (they look at every "
+                    "evaluation): the run may have ended, or it does not run with comm.on_peer_loss=continue")

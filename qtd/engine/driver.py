@@ -19,14 +19,15 @@ import numpy as np
 import torch
 
 from ..algorithms import AlgorithmSpec, Runner, display_name, spec_for
-from ..comm import World, broadcast, regroup_world
+from ..comm import JoinRequests, World, broadcast
 from ..config import Config, ConfigError
 from ..errors import CheckpointError, PeerError
-from ..topology import build_topology, survivors
+from ..topology import build_topology
 from ..metrics import (complete_iterations, load_node_checkpoint, node_file, prune_node_checkpoints,
                        save_node_checkpoint, write_json_atomic)
 from .evaluate import Evaluator, gather_table
 from .model_file import MODEL_FILE, network_average_state, write_model_file
+from .elastic import ElasticNode
 from .membership import MembershipLog
 from .points import EvalPoint, eval_scalars, point_from_table
 from .parts import NodeParts, build_parts
@@ -67,20 +68,21 @@ class NodeCounters:
         self.last_update_s = self.time_s
 
 
-def run_node(config: Config, world: World) -> dict[str, Any] | None:
-    """Train this process's node (or parameter-server worker); returns the run summary on rank 0."""
-    if config.topology.nodes != world.size:
+def run_node(config: Config, world: World, joined: Any = None) -> dict[str, Any] | None:
+    """Train this process's node (or parameter-server worker); returns the run summary on rank 0. ``joined``:
+    this node joins a running elastic run (the agreement that let it in, :func:`qtd.comm.join_world`)."""
+    if joined is None and config.topology.nodes != world.size:
         what = " (the worker count in mode=ps)" if config.mode == "ps" else ""
         raise ConfigError(f"topology.nodes={config.topology.nodes}{what} but {world.size} processes were "
                           f"started: set topology.nodes={world.size} or start {config.topology.nodes} processes "
                           f"(torchrun --nproc_per_node {config.topology.nodes})")
-    return NodeDriver(config, world, spec_for(config.mode, config.algorithm.name)).run()
+    return NodeDriver(config, world, spec_for(config.mode, config.algorithm.name), joined).run()
 
 
-class NodeDriver:
+class NodeDriver(ElasticNode):
     """One node's run: build with the config, the world and the spec, then :meth:`run`."""
 
-    def __init__(self, config: Config, world: World, spec: AlgorithmSpec) -> None:
+    def __init__(self, config: Config, world: World, spec: AlgorithmSpec, joined: Any = None) -> None:
         build_step, cadence = RUNNERS[spec.runner]
         self.config, self.world, self.spec = config, world, spec
         self.name = display_name(spec, config.ps.compressor, config.ps.error_feedback)
@@ -91,7 +93,9 @@ class NodeDriver:
         self.settings = json.dumps(run_settings(config), sort_keys=True)
         self.completion: str | None = None  # the run is complete already: this line says so
         self._resume_state: dict[str, Any] | None = None
-        self.start = self._prepare_out_dir()  # collective: every node agrees where the run starts
+        self._joined = joined  # this node joins a running elastic run (qtd.engine.elastic)
+        # collective: every node agrees where the run starts; a joining node starts where the members are
+        self.start = joined.iteration if joined is not None else self._prepare_out_dir()
         self.step: Step = build_step(self.parts)
         problem = self.parts.problem
         self.evaluator = Evaluator(world, problem.eval_set, problem.eval_indices, problem.new_flat_model(world.device),
@@ -99,8 +103,10 @@ class NodeDriver:
         self.counters = NodeCounters()
         self._last_loss = float("nan")
         self._regrouped = False  # the membership changed: evaluate at once
-        self.membership = MembershipLog(world.members, build_topology(config.topology).spectral_gap
+        self.membership = MembershipLog(range(config.topology.nodes), build_topology(config.topology).spectral_gap
                                         if world.elastic else 1.0)
+        self.joins = JoinRequests(world.heartbeat.store, config.topology.nodes) if world.elastic else None
+        self._joiners: tuple[int, ...] = ()  # nodes the latest evaluation saw asking to join
         if self._resume_state is not None and self.completion is None:
             self._restore(self.start, self._resume_state)
         self._resume_state = None
@@ -198,11 +204,16 @@ class NodeDriver:
                 return existing_summary(self.out)
             return None
         wall_start = time.monotonic()
-        files = RunFiles(self.config, self.world.rank, self.world.size, self.name, self.start)
+        files = RunFiles(self.config, self.world.node, self.world.size, self.name, self.start,
+                         lead=self.world.rank == 0)
         self.files = files
         try:
             self.step.ready()
+            if self._joined is not None:
+                self.counters.time_s = self._joined.time_s
             self.clock = self.cadence.new_clock(self.counters.time_s)
+            if self._joined is not None:
+                self._welcomed(self._joined)
             self.step.start(self.clock)
             point = self._loop()
             self.step.close()
@@ -231,6 +242,13 @@ class NodeDriver:
                     continue
                 if cadence.stop_after(point):
                     break
+                if self._joiners and not cadence.done(iteration):
+                    started = time.monotonic()
+                    try:
+                        self._admit(iteration, point.time_s)
+                    except PeerError as error:
+                        iteration = self._regroup(iteration, error, started)
+                        continue
             if cadence.checkpoint_due(iteration, stepped):
                 self._checkpoint(iteration)
             if stepped:
@@ -256,40 +274,6 @@ class NodeDriver:
         if point is None or unevaluated:  # resumed at the very end: evaluate once more
             point = self._evaluate(iteration)
         return point
-
-    # -- elastic runs (comm.on_peer_loss: continue) ---------------------------------------------------------
-
-    def _regroup(self, iteration: int, error: PeerError, started: float) -> int:
-        """A peer was lost at ``iteration`` (``error``): with ``comm.on_peer_loss: continue`` the survivors
-        agree on who is left and where to go on (:mod:`qtd.comm.membership`), recompute the mixing weights
-        on their graph and go on in a fresh process group, every survivor with the model it has; the time
-        this took counts as training time. Otherwise ``error`` ends the run, as before. Returns the
-        iteration every survivor goes on from (the furthest one reached, so none undoes an update)."""
-        if not self.world.elastic:
-            raise error
-        while True:
-            world, change = regroup_world(self.world, iteration, error)
-            graph = survivors(self.config.topology, world.members)  # TopologyError: the survivors fell apart
-            self.world = self.parts.world = world
-            try:
-                self.step.regroup(world, graph.view(world.node), change.iteration)
-                break
-            except PeerError as again:  # another node lost meanwhile
-                iteration, error = change.iteration, again
-        self.evaluator = Evaluator(world, self.parts.problem.eval_set, self.parts.problem.eval_indices,
-                                   self.evaluator.average, replicated=False)
-        lost_s = time.monotonic() - started
-        self.clock.add(lost_s)
-        event = {**change.record(), "time_s": self.clock.now(), "seconds_lost": round(lost_s, 3),
-                 "spectral_gap": graph.spectral_gap, "edges": graph.edges}
-        self.membership.change(event)
-        if world.rank == 0:
-            self.files.lead(self.config)
-            print(f"qtd: node(s) {', '.join(map(str, change.lost))} {change.cause} at iteration {iteration}; "
-                  f"{world.size} nodes go on from iteration {change.iteration} (spectral gap {graph.spectral_gap:.3g}, "
-                  f"{lost_s:.1f} s lost; comm.on_peer_loss=continue)", file=sys.stderr, flush=True)
-        self._regrouped = True
-        return change.iteration
 
     def _record(self, iteration: int, stats: StepStats) -> None:
         counters, files = self.counters, self.files
@@ -322,6 +306,8 @@ class NodeDriver:
                   "finished": float(counters.finished), "bytes_sent": self.step.bytes_sent,
                   "eval_bytes": counters.eval_bytes, "samples": counters.samples,
                   "over_budget": float(bool(budget) and now >= budget), **self.step.eval_values()}
+        if self.joins is not None:  # elastic runs: who asks to join, agreed with the evaluation
+            values["join_requests"] = float(self.joins.mask(self.world.members))
         table = gather_table(values, self.world, what)
         position, time_s, columns = self.cadence.position(iteration, table)
         self.step.evaluated(table)
@@ -331,7 +317,9 @@ class NodeDriver:
         scalars: dict[str, float] = {}
         if self.world.elastic:
             log = self.membership
-            log.seen(table)
+            log.seen(table, self.world.members)
+            asking = np.bitwise_or.reduce(table["join_requests"].astype(np.int64))
+            self._joiners = tuple(k for k in range(self.config.topology.nodes) if asking >> k & 1)
             point = replace(point, columns={**point.columns, **log.columns()},
                             bytes_sent=point.bytes_sent + log.lost_bytes, eval_bytes=point.eval_bytes + log.lost_eval_bytes)
             scalars = log.scalars()

@@ -20,10 +20,10 @@ class MembershipLog:
         self.lost_bytes = 0
         self.lost_eval_bytes = 0
 
-    def seen(self, table: Mapping[str, Any]) -> None:
-        """An evaluation's gathered table (one row per member, in order): the traffic so far of each member."""
+    def seen(self, table: Mapping[str, Any], order: Sequence[int]) -> None:
+        """An evaluation's gathered table (one row per member, ``order`` their nodes): each member's traffic."""
         self._last = {node: (float(table["bytes_sent"][k]), float(table["eval_bytes"][k]))
-                      for k, node in enumerate(self.members)}
+                      for k, node in enumerate(order)}
 
     def change(self, event: dict[str, Any]) -> None:
         """The survivors agreed on ``event`` (its ``members``, ``lost``, ``iteration``, ``cause``, ...)."""
@@ -31,7 +31,7 @@ class MembershipLog:
             sent, evaluated = self._last.get(node, (0.0, 0.0))
             self.lost_bytes += int(sent)
             self.lost_eval_bytes += int(evaluated)
-        self.members = list(event["members"])
+        self.members = sorted(event["members"])
         self.spectral_gap = float(event["spectral_gap"])
         self.events.append(event)
         self._unreported.append(event)

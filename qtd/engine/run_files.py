@@ -19,12 +19,15 @@ class RunFiles:
     """The open writers of one node: ``metrics`` (rank 0, else None), ``global_tb`` (a no-op logger
     off rank 0), ``node_tb``, ``node_log`` and the rank-0 progress bar."""
 
-    def __init__(self, config: Config, rank: int, world_size: int, desc: str, start: int = 0) -> None:
+    def __init__(self, config: Config, rank: int, world_size: int, desc: str, start: int = 0,
+                 lead: bool | None = None) -> None:
+        """``rank``: this node (graph node id); ``lead``: it writes the run's files (default: node 0 does)."""
         out, run = Path(config.run.out_dir), config.run
         purge_step = start + 1 if start else None  # a resumed run redoes the steps after its checkpoint
         self.metrics: JsonlWriter | None = None
         self.global_tb: ScalarLogger = ScalarLogger()
-        if rank == 0:
+        lead = rank == 0 if lead is None else lead
+        if lead:
             out.mkdir(parents=True, exist_ok=True)
             save_config(config, out / "config.yaml")
             self.metrics = _resumed_log(out / "metrics.jsonl", start)
@@ -32,7 +35,7 @@ class RunFiles:
             self.global_tb.text("config", "```\n" + dump_config(config) + "\n```")
         self.node_tb = TensorBoardLogger(out / "tensorboard" / f"node_{rank:03d}", purge_step=purge_step)
         self.node_log = _resumed_log(out / "nodes" / f"node_{rank:03d}.jsonl", start)
-        self.progress = Progress(run.iterations, initial=start, enabled=run.progress and rank == 0,
+        self.progress = Progress(run.iterations, initial=start, enabled=run.progress and lead,
                                  desc=f"{desc} x{world_size}", time_budget_s=run.time_budget_s)
 
     def lead(self, config: Config) -> None:

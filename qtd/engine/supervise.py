@@ -20,6 +20,7 @@ import time
 from typing import Sequence
 
 GRACE_S = 10.0  # beyond comm.timeout_s: how long the last nodes may take to finish after the first one did
+JOIN_ENV = "QTD_JOIN"  # set on a node restarted into the running nodes: it joins them (qtd.comm.join_world)
 
 
 def _how(code: int) -> str:
@@ -31,8 +32,12 @@ def _how(code: int) -> str:
     return f"exited with code {code}"
 
 
-def supervise(command: Sequence[str], nodes: int, timeout_s: float) -> int:
-    """Run ``command`` (``python -m qtd.train ...``) once per node; 0 when the run finished on some node."""
+def supervise(command: Sequence[str], nodes: int, timeout_s: float, restarts: int = 0) -> int:
+    """Run ``command`` (``python -m qtd.train ...``) once per node; 0 when the run finished on some node.
+
+    With ``restarts``, a node that exits early is started again (at most ``restarts`` times in all) and
+    joins the running nodes at their next evaluation (:func:`qtd.comm.join_world`); the others never stop.
+    """
     import torch.distributed as dist
 
     store = dist.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=max(timeout_s, 30.0)),
@@ -40,8 +45,12 @@ def supervise(command: Sequence[str], nodes: int, timeout_s: float) -> int:
     base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nodes),
             "LOCAL_WORLD_SIZE": str(nodes), "GROUP_RANK": "0", "TORCHELASTIC_USE_AGENT_STORE": "True",
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    procs = [subprocess.Popen(list(command), env={**base, "RANK": str(r), "LOCAL_RANK": str(r)})
-             for r in range(nodes)]
+    def start(rank: int, joining: bool = False) -> subprocess.Popen:
+        return subprocess.Popen(list(command), env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank),
+                                                    **({JOIN_ENV: "1"} if joining else {})})
+
+    procs = [start(r) for r in range(nodes)]
+    restarts_left = restarts
     codes: dict[int, int] = {}
     finished_at: float | None = None
     try:
@@ -54,8 +63,14 @@ def supervise(command: Sequence[str], nodes: int, timeout_s: float) -> int:
                 if proc.returncode == 0:
                     finished_at = finished_at or time.monotonic()
                 elif finished_at is None and len(codes) < nodes:
+                    again = restarts_left > 0
                     print(f"qtd: node {rank} {_how(proc.returncode)}; the others go on without it "
-                          "(comm.on_peer_loss=continue)", file=sys.stderr, flush=True)
+                          f"(comm.on_peer_loss=continue)" + ("; starting it again to rejoin them" if again else ""),
+                          file=sys.stderr, flush=True)
+                    if again:
+                        restarts_left -= 1
+                        procs[rank] = start(rank, joining=True)
+                        del codes[rank]
             if finished_at is not None and time.monotonic() - finished_at > timeout_s + GRACE_S:
                 for rank, proc in enumerate(procs):
                     if rank not in codes:
