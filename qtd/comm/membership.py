@@ -56,6 +56,13 @@ class Regroup:
                 "seconds": round(self.seconds, 3)}
 
 
+def host_store(timeout_s: float):
+    """The rendezvous store of an elastic run, hosted by the launcher's own process (a free local port, at
+    ``.port``), so that it outlives every node."""
+    return dist.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=max(timeout_s, 30.0)),
+                         wait_for_workers=False)
+
+
 def _get(store, key: str) -> str | None:
     return store.get(key).decode() if store.check([key]) else None
 

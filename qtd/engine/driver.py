@@ -215,16 +215,23 @@ class NodeDriver(ElasticNode):
             if self._joined is not None:
                 self._welcomed(self._joined)
             self.step.start(self.clock)
-            point = self._loop()
+            point: EvalPoint | None = self._loop()
             self.step.close()
-            return self._finish(point, time.monotonic() - wall_start)
+            while True:
+                try:
+                    if point is None:  # not evaluated at the end yet, or a node was lost there
+                        point = self._evaluate(self.iteration)
+                    return self._finish(point, time.monotonic() - wall_start)
+                except PeerError as error:
+                    self._regroup(self.iteration, error, time.monotonic())  # raises unless elastic
+                    point = None
         except BaseException:
             self.step.abort()
             raise
         finally:
             files.close()
 
-    def _loop(self) -> EvalPoint:
+    def _loop(self) -> EvalPoint | None:
         cadence, counters, progress = self.cadence, self.counters, self.files.progress
         iteration, stepped, unevaluated, point = self.start, False, False, None
         while True:
@@ -271,9 +278,7 @@ class NodeDriver(ElasticNode):
             stepped = unevaluated = True
             self._record(iteration, stats)
         self.iteration = iteration
-        if point is None or unevaluated:  # resumed at the very end: evaluate once more
-            point = self._evaluate(iteration)
-        return point
+        return None if unevaluated else point  # None: evaluate once more (resumed at the very end, say)
 
     def _record(self, iteration: int, stats: StepStats) -> None:
         counters, files = self.counters, self.files
@@ -341,7 +346,7 @@ class NodeDriver(ElasticNode):
                   "bytes_sent": self.step.bytes_sent, "iterations": counters.iterations,
                   "finish_s": counters.finish_s,
                   "overshoot_p99": _p99(counters.overshoot_s), "micro_batch_p99": _p99(counters.micro_batch_s),
-                  **self.step.eval_values()}
+                  "join_bytes": self.membership.welcome_bytes, **self.step.eval_values()}
         table = gather_table(values, world, "collecting the run summary")
         extra: dict[str, Any] = {}
         if self.spec.deadline_bound:
@@ -350,7 +355,7 @@ class NodeDriver(ElasticNode):
         extra.update(self.cadence.summary_values())
         extra.update(self.step.summary_values(table))
         if world.elastic:
-            extra.update(self.membership.summary())
+            extra.update(self.membership.summary(table["join_bytes"].sum()))
         summary = build_summary(algorithm=self.name, spec=self.spec, config=self.config, nodes=world.size,
                                 point=point, samples_per_iteration=table["samples_per_iteration"],
                                 bytes_sent_per_node=table["bytes_sent"], backend=world.backend,

@@ -91,6 +91,7 @@ class ElasticNode:
         view = survivors(self.config.topology, world.members).view(world.node)
         models = ModelExchange(world, view, [(self.flat.numel, 32)], 0, self.flat.params.device, None)
         mixed, = models.mixed(models.post([self.flat.params.detach()], iteration))
+        self.membership.welcome_bytes += models.bytes_sent
         if world.node in joiners and view.neighbours:
             with torch.no_grad():
                 self.flat.params.copy_(mixed / (1.0 - view.self_weight))

@@ -19,6 +19,7 @@ class MembershipLog:
         self._last: dict[int, tuple[float, float]] = {}  # node -> (bytes_sent, eval_bytes) at the latest evaluation
         self.lost_bytes = 0
         self.lost_eval_bytes = 0
+        self.welcome_bytes = 0  # this node's share of the exact model exchanges that let nodes in
 
     def seen(self, table: Mapping[str, Any], order: Sequence[int]) -> None:
         """An evaluation's gathered table (one row per member, ``order`` their nodes): each member's traffic."""
@@ -47,6 +48,8 @@ class MembershipLog:
     def scalars(self) -> dict[str, float]:
         return {"membership/nodes": float(len(self.members)), "membership/spectral_gap": self.spectral_gap}
 
-    def summary(self) -> dict[str, Any]:
-        return {"membership": {"initial": self.initial, "final": self.members, "changes": self.events},
+    def summary(self, join_bytes: int) -> dict[str, Any]:
+        """summary.json's keys; ``join_bytes``: every node's traffic of the exchanges that let nodes in."""
+        return {"membership": {"initial": self.initial, "final": self.members, "changes": self.events,
+                               "join_bytes": int(join_bytes)},
                 "nodes_final": len(self.members)}

@@ -11,7 +11,6 @@ stopped process) is killed, so the launcher always returns.
 
 from __future__ import annotations
 
-import datetime
 import os
 import signal
 import subprocess
@@ -38,10 +37,9 @@ def supervise(command: Sequence[str], nodes: int, timeout_s: float, restarts: in
     With ``restarts``, a node that exits early is started again (at most ``restarts`` times in all) and
     joins the running nodes at their next evaluation (:func:`qtd.comm.join_world`); the others never stop.
     """
-    import torch.distributed as dist
+    from ..comm.membership import host_store
 
-    store = dist.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=max(timeout_s, 30.0)),
-                          wait_for_workers=False)
+    store = host_store(timeout_s)
     base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nodes),
             "LOCAL_WORLD_SIZE": str(nodes), "GROUP_RANK": "0", "TORCHELASTIC_USE_AGENT_STORE": "True",
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
@@ -63,7 +61,10 @@ def supervise(command: Sequence[str], nodes: int, timeout_s: float, restarts: in
                 if proc.returncode == 0:
                     finished_at = finished_at or time.monotonic()
                 elif finished_at is None and len(codes) < nodes:
-                    again = restarts_left > 0
+                    # a restart can fix a lost process (a signal, or dropped: 1), not a clear error (2), and
+                    # needs nodes still running to let it in
+                    again = restarts_left > 0 and proc.returncode != 2 and any(
+                        other.poll() is None for k, other in enumerate(procs) if k != rank)
                     print(f"qtd: node {rank} {_how(proc.returncode)}; the others go on without it "
                           f"(comm.on_peer_loss=continue)" + ("; starting it again to rejoin them" if again else ""),
                           file=sys.stderr, flush=True)
