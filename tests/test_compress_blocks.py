@@ -81,6 +81,23 @@ def test_the_fused_kernels_match_the_reference_bit_for_bit():
                                    unpack_dequantize_blocks(*args, backend="reference")), (count, bits, block)
 
 
+@requires_numba()
+def test_the_one_pass_block_ranges_are_torchs_and_a_non_finite_value_is_refused_on_both_paths():
+    from qtd.compress._numba_kernels import block_ranges_cpu
+    from qtd.compress.blocks import block_ranges
+
+    for count, block in ((1, 8), (1003, 256), (4096, 64), (10_001, 8192)):
+        x = _layered(count, seed=count)
+        for mine, torchs in zip(block_ranges_cpu(x, block), block_ranges(x, block)):
+            assert torch.equal(mine, torchs), (count, block)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = _layered(1000)
+        x[517] = bad
+        for backend in ("numba", "reference"):
+            with pytest.raises(ValueError, match="non-finite"):
+                quantize_pack_blocks(x, 4, 7, 256, backend=backend)
+
+
 def test_block_wise_quantization_is_unbiased():
     x, block, bits, draws = _layered(256), 32, 2, 4000
     total = torch.zeros(256, dtype=torch.float64)

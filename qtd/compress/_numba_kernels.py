@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor
 
 try:
@@ -274,6 +275,28 @@ if AVAILABLE:
                 _pack(codes, count, bits, out, start * bits // 8)
 
     @_jit
+    def _block_ranges_kernel(x, block, lows, highs):
+        """Each block's min and max in one pass (torch's row-wise aminmax is many times slower); a block
+        holding NaN or an infinity gets NaN, which the grids then refuse as torch's ranges would."""
+        n = x.size
+        for b in range(lows.size):
+            start = b * block
+            end = min(start + block, n)
+            low = x[start]
+            high = x[start]
+            bad = np.float32(0.0)
+            for i in range(start, end):
+                v = x[i]
+                low = min(low, v)
+                high = max(high, v)
+                bad += v - v  # 0 for every finite value, NaN once one is not
+            if bad != 0:
+                low = np.float32(np.nan)
+                high = np.float32(np.nan)
+            lows[b] = low
+            highs[b] = high
+
+    @_jit
     def _unpack_dequantize_blocks_kernel(packed, bits, out, offsets, scales, block):
         n = out.size
         for b in range(offsets.size):
@@ -301,6 +324,15 @@ def quantize_pack_cpu(x: Tensor, grid: Grid, bits: int, key: int, packed: Tensor
     _quantize_pack_kernel(x.numpy(), bits, packed.numpy(), np.float32(levels(bits)),
                           np.float32(grid.offset), np.float32(grid.inv_scale), *_keys(key))
     return packed
+
+
+def block_ranges_cpu(x: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+    """Each block's (min, max) of flat float32 ``x``, as :func:`.blocks.block_ranges` gives them."""
+    count = -(-x.numel() // block_size)
+    lows, highs = torch.empty(count, dtype=torch.float32), torch.empty(count, dtype=torch.float32)
+    if count:
+        _block_ranges_kernel(x.numpy(), block_size, lows.numpy(), highs.numpy())
+    return lows, highs
 
 
 def quantize_pack_blocks_cpu(x: Tensor, grids: BlockGrids, bits: int, key: int, packed: Tensor) -> Tensor:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backend import run_path
-from .blocks import (BlockGrids, block_grids, check_block_size, dequantize_blocks_reference,
+from .backend import run_path, select_backend
+from .blocks import (BlockGrids, block_grids, check_block_size, dequantize_blocks_reference, grids_from_ranges,
                      quantize_blocks_reference)
 from .packing import pack_bits, packed_nbytes, unpack_bits
 from .grid import Grid, check_quantized_bits, dequantize_codes, flat_float32, quantization_grid
@@ -108,7 +108,12 @@ def quantize_pack_blocks(
     check_block_size(block_size)
     flat = flat_float32(x)
     packed = _output(out, packed_nbytes(flat.numel(), bits), torch.uint8, flat.device, "the packed codes")
-    grids = block_grids(flat, bits, block_size)
+    if select_backend(flat.device, backend) == "numba":  # the same ranges, in one pass instead of torch's
+        from ._numba_kernels import block_ranges_cpu
+
+        grids = grids_from_ranges(*block_ranges_cpu(flat, block_size), bits, block_size)
+    else:
+        grids = block_grids(flat, bits, block_size)
 
     def reference() -> None:
         step = REFERENCE_CHUNK
