@@ -181,3 +181,56 @@ def test_a_killed_node_restarted_by_max_restarts_rejoins_and_ends_as_close_to_th
     log = [json.loads(line) for line in (out / "nodes" / "node_002.jsonl").read_text().splitlines()]
     assert log[-1]["iteration"] == iterations and any(row["iteration"] > joined["iteration"] for row in log)
 
+
+@pytest.mark.slow
+def test_two_machines_each_supervise_their_nodes_and_the_survivors_finish_when_one_node_dies(tmp_path):
+    """Two `qtd launch --nnodes 2 --node-rank R` on one box stand for two machines: machine 0 hosts the store,
+    machine 1's node 3 is killed, and nodes 0, 1, 2 finish on both machines."""
+    from tests.harness import free_port
+
+    out = tmp_path / "run"
+    sets = []
+    for override in (*ELASTIC, "topology.nodes=4", f"run.out_dir={out}"):
+        sets += ["--set", override]
+    endpoint = f"127.0.0.1:{free_port()}"
+    machines = [subprocess.Popen([sys.executable, "-m", "qtd.cli.main", "launch", "configs/quickstart.yaml",
+                                  "--nnodes", "2", "--node-rank", str(r), "--rdzv-endpoint", endpoint, *sets],
+                                 cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for r in (0, 1)]
+    try:
+        log = out / "nodes" / "node_003.jsonl"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 30):
+            time.sleep(0.05)
+        nodes = _node_processes(machines[1].pid)
+        assert sorted(nodes) == [2, 3], nodes
+        os.kill(nodes[3], signal.SIGKILL)
+        results = [machine.communicate(timeout=240) for machine in machines]
+    finally:
+        for machine in machines:
+            if machine.poll() is None:
+                machine.kill()
+                machine.communicate()
+            for pid in _node_processes(machine.pid).values():
+                os.kill(pid, signal.SIGKILL)
+    assert [machine.returncode for machine in machines] == [0, 0], results[1][1][-3000:]
+    assert "starting nodes 2-3 of 4" in results[1][1] and "node 3 was killed by SIGKILL" in results[1][1]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["membership"]["final"] == [0, 1, 2] and summary["membership"]["changes"][0]["lost"] == [3]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["iteration"] == 90 and rows[-1]["nodes"] == 3
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--nnodes", "2"], "needs both --nnodes N"),
+    (["--nnodes", "2", "--rdzv-endpoint", "nohost"], "is not HOST:PORT"),
+    (["--nnodes", "2", "--node-rank", "2", "--rdzv-endpoint", "127.0.0.1:29500"], "is not a machine of"),
+    (["--nnodes", "3", "--rdzv-endpoint", "127.0.0.1:29500"], "does not split evenly"),
+])
+def test_bad_machine_settings_of_an_elastic_launch_are_one_line(tmp_path, args, says):
+    result = subprocess.run([sys.executable, "-m", "qtd.cli.main", "launch", "configs/quickstart.yaml", *args,
+                             "--set", "comm.on_peer_loss=continue", "--set", f"run.out_dir={tmp_path}",
+                             "--set", "topology.nodes=4"], cwd=REPO, env=child_env(), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+

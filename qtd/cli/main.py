@@ -23,7 +23,14 @@ def build_parser() -> ArgumentParser:
     add_config_args(launch)
     launch.add_argument("--max-restarts", type=count_in("--max-restarts", 0, MAX_RESTARTS, "a number of restarts"),
                         default=0,
-                        help="torchrun elastic restarts after a node process fails (resumes from checkpoints)")
+                        help="torchrun elastic restarts after a node process fails (resumes from checkpoints); "
+                             "with comm.on_peer_loss=continue, restarts of the lost process only, which rejoins")
+    launch.add_argument("--nnodes", type=count_in("--nnodes", 1, 10_000, "a number of machines"), default=1,
+                        help="comm.on_peer_loss=continue on several machines: how many (run once per machine)")
+    launch.add_argument("--node-rank", type=count_in("--node-rank", 0, 9_999, "a machine number"), default=0,
+                        help="this machine's number, 0 .. nnodes-1 (machine 0 hosts the store)")
+    launch.add_argument("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+                        help="with --nnodes > 1: machine 0's address and a free port every machine reaches")
 
     train = commands.add_parser("train", help="run this process's node (what torchrun starts: python -m qtd.train)")
     add_config_args(train)
@@ -64,7 +71,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "launch":
         from .launch import launch_command
-        return launch_command(args.config, args.overrides, max_restarts=args.max_restarts)
+        return launch_command(args.config, args.overrides, max_restarts=args.max_restarts, machines=args.nnodes,
+                              machine=args.node_rank, endpoint=args.rdzv_endpoint)
     if args.command == "train":
         from ..train import train_command
         return train_command(args.config, args.overrides)

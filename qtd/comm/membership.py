@@ -56,11 +56,26 @@ class Regroup:
                 "seconds": round(self.seconds, 3)}
 
 
-def host_store(timeout_s: float):
-    """The rendezvous store of an elastic run, hosted by the launcher's own process (a free local port, at
-    ``.port``), so that it outlives every node."""
-    return dist.TCPStore("127.0.0.1", 0, None, True, datetime.timedelta(seconds=max(timeout_s, 30.0)),
+def host_store(timeout_s: float, host: str = "127.0.0.1", port: int = 0):
+    """The rendezvous store of an elastic run, hosted by the launcher's own process (port 0: a free one, read
+    back at ``.port``), so that it outlives every node."""
+    return dist.TCPStore(host, port, None, True, datetime.timedelta(seconds=max(timeout_s, 30.0)),
                          wait_for_workers=False)
+
+
+def wait_until_quiet(store, nodes: int, bound_s: float) -> None:
+    """The store's host, before it leaves: wait (at most ``bound_s``) until no node beats any more, so nodes
+    on other machines finish with the store still up."""
+    from .liveness import _ALIVE
+
+    give_up = time.monotonic() + bound_s
+    while time.monotonic() < give_up:
+        now = time.time()
+        beating = [k for k in range(nodes) if store.check([_ALIVE.format(k)])
+                   and now - float(store.get(_ALIVE.format(k))) < SILENT_S]
+        if not beating:
+            return
+        time.sleep(0.2)
 
 
 def _get(store, key: str) -> str | None:

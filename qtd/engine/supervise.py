@@ -31,30 +31,51 @@ def _how(code: int) -> str:
     return f"exited with code {code}"
 
 
-def supervise(command: Sequence[str], nodes: int, timeout_s: float, restarts: int = 0) -> int:
-    """Run ``command`` (``python -m qtd.train ...``) once per node; 0 when the run finished on some node.
+def supervise(command: Sequence[str], nodes: int, timeout_s: float, restarts: int = 0, machines: int = 1,
+              machine: int = 0, endpoint: str | None = None) -> int:
+    """Run ``command`` (``python -m qtd.train ...``) once per node of this machine; 0 when the run finished
+    on some node here.
 
     With ``restarts``, a node that exits early is started again (at most ``restarts`` times in all) and
     joins the running nodes at their next evaluation (:func:`qtd.comm.join_world`); the others never stop.
+    On ``machines`` machines (``endpoint`` = machine 0's HOST:PORT), this one runs nodes ``machine * k`` to
+    ``machine * k + k - 1`` (k = nodes / machines), and machine 0 hosts the store there, kept up until
+    every node has stopped beating.
     """
-    from ..comm.membership import host_store
+    from ..comm.membership import host_store, wait_until_quiet
 
-    store = host_store(timeout_s)
-    base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nodes),
-            "LOCAL_WORLD_SIZE": str(nodes), "GROUP_RANK": "0", "TORCHELASTIC_USE_AGENT_STORE": "True",
+    host, port = endpoint.rpartition(":")[::2] if endpoint else ("127.0.0.1", "0")
+    store = host_store(timeout_s, host, int(port)) if machine == 0 else None
+    port = str(store.port) if store is not None else port
+    per_machine = nodes // machines
+    local = range(machine * per_machine, (machine + 1) * per_machine)
+    base = {**os.environ, "MASTER_ADDR": host, "MASTER_PORT": port, "WORLD_SIZE": str(nodes),
+            "LOCAL_WORLD_SIZE": str(per_machine), "GROUP_RANK": str(machine), "TORCHELASTIC_USE_AGENT_STORE": "True",
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    def start(rank: int, joining: bool = False) -> subprocess.Popen:
-        return subprocess.Popen(list(command), env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank),
+    code = _watch(command, base, local, timeout_s, restarts, machines > 1)
+    if store is not None and machines > 1:  # the other machines' nodes still need the store
+        wait_until_quiet(store, nodes, timeout_s + GRACE_S)
+    return code
+
+
+def _watch(command: Sequence[str], base: dict, local: range, timeout_s: float, restarts: int,
+           elsewhere: bool) -> int:
+    """Start and watch this machine's nodes (graph nodes ``local``; ``elsewhere``: other machines run more);
+    see :func:`supervise`."""
+    nodes = len(local)
+
+    def start(index: int, joining: bool = False) -> subprocess.Popen:
+        return subprocess.Popen(list(command), env={**base, "RANK": str(local[index]), "LOCAL_RANK": str(index),
                                                     **({JOIN_ENV: "1"} if joining else {})})
 
-    procs = [start(r) for r in range(nodes)]
+    procs = [start(k) for k in range(nodes)]
     restarts_left = restarts
     codes: dict[int, int] = {}
     finished_at: float | None = None
     try:
         while len(codes) < nodes:
             time.sleep(0.1)
-            for rank, proc in enumerate(procs):
+            for rank, proc in enumerate(procs):  # rank: this machine's index of the node
                 if rank in codes or proc.poll() is None:
                     continue
                 codes[rank] = proc.returncode
@@ -63,9 +84,9 @@ def supervise(command: Sequence[str], nodes: int, timeout_s: float, restarts: in
                 elif finished_at is None and len(codes) < nodes:
                     # a restart can fix a lost process (a signal, or dropped: 1), not a clear error (2), and
                     # needs nodes still running to let it in
-                    again = restarts_left > 0 and proc.returncode != 2 and any(
-                        other.poll() is None for k, other in enumerate(procs) if k != rank)
-                    print(f"qtd: node {rank} {_how(proc.returncode)}; the others go on without it "
+                    again = restarts_left > 0 and proc.returncode != 2 and (elsewhere or any(
+                        other.poll() is None for k, other in enumerate(procs) if k != rank))
+                    print(f"qtd: node {local[rank]} {_how(proc.returncode)}; the others go on without it "
                           f"(comm.on_peer_loss=continue)" + ("; starting it again to rejoin them" if again else ""),
                           file=sys.stderr, flush=True)
                     if again:
@@ -75,7 +96,7 @@ def supervise(command: Sequence[str], nodes: int, timeout_s: float, restarts: in
             if finished_at is not None and time.monotonic() - finished_at > timeout_s + GRACE_S:
                 for rank, proc in enumerate(procs):
                     if rank not in codes:
-                        print(f"qtd: node {rank} was left out of the run and did not exit; stopping it",
+                        print(f"qtd: node {local[rank]} was left out of the run and did not exit; stopping it",
                               file=sys.stderr, flush=True)
                         proc.kill()
                         codes[rank] = proc.wait()
@@ -89,6 +110,7 @@ def supervise(command: Sequence[str], nodes: int, timeout_s: float, restarts: in
     if any(code == 0 for code in codes.values()):
         return 0
     first = min(codes, key=lambda r: (codes[r] == 0, r))
-    print(f"qtd: error: every node stopped; node {first} {_how(codes[first])} (its own message is above)",
-          file=sys.stderr, flush=True)
+    where = " on this machine" if elsewhere else ""
+    print(f"qtd: error: every node{where} stopped; node {local[first]} {_how(codes[first])} (its own message is "
+          "above)", file=sys.stderr, flush=True)
     return 1
