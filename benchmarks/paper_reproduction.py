@@ -31,7 +31,9 @@ then s; the summary compares qtd's best deadline-bound method with every tuned b
 settings (T_d untuned): ``auto_deadline_vs_best_fixed`` is its time to L* over the best fixed T_d's.
 
 Every simulated run is cached as JSON (``--cache``, default runs/paper_reproduction_cache): an
-interrupted benchmark continues where it stopped. Step sizes are constant (``schedule=constant``). The
+interrupted benchmark continues where it stopped. benchmarks/cache/paper_reproduction/ holds the runs of
+the extended study so far (it needs 3 to 4 hours on 2 cores), so
+``--cache benchmarks/cache/paper_reproduction`` continues it. Step sizes are constant (``schedule=constant``). The
 paper's alpha = 0.2 for DSGD and async DSGD is in their grid; its values for the quantized methods at T = 700
 (alpha = 0.3 / 700^(1/6) = 0.10, eps = 15 / 700^(1/2) = 0.57, an effective step of 0.057) lie below this grid's
 smallest effective step, 0.1.
