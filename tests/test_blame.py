@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.harness import REPO, child_env
-from tests.test_fault_tolerance import _node_processes
+from tests.test_fault_tolerance import _node_processes, _stop_launch
 
 pytestmark = pytest.mark.slow
 
@@ -39,11 +39,7 @@ def test_the_node_that_stalled_or_died_is_the_one_every_message_names(tmp_path, 
         os.kill(nodes[victim], how)
         _, stderr = launcher.communicate(timeout=150)
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.communicate()
-        for pid in _node_processes(launcher.pid).values():
-            os.kill(pid, signal.SIGKILL)
+        _stop_launch(launcher)
     assert launcher.returncode != 0 and "Traceback" not in stderr, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("qtd: node ")]
     others = [rank for rank in range(4) if rank != victim]  # two neighbours on the ring, one not

@@ -18,7 +18,7 @@ from qtd.engine.membership import MembershipLog
 from qtd.errors import TopologyError
 from qtd.topology import check_mixing_matrix, survivors
 from tests.harness import REPO, child_env
-from tests.test_fault_tolerance import _node_processes
+from tests.test_fault_tolerance import _node_processes, _stop_launch
 
 ELASTIC = ("topology.nodes=5", "topology.kind=ring", "run.iterations=90", "run.eval_every=15", "run.progress=false",
            "comm.timeout_s=5", "comm.on_peer_loss=continue")
@@ -99,11 +99,7 @@ def _launch_and_hit(out, victim: int, how: signal.Signals, at: int, extra=(), la
         os.kill(nodes[victim], how)
         stdout, stderr = launcher.communicate(timeout=240)
     finally:
-        if launcher.poll() is None:
-            launcher.kill()
-            launcher.communicate()
-        for pid in _node_processes(launcher.pid).values():
-            os.kill(pid, signal.SIGKILL)
+        _stop_launch(launcher)
     return subprocess.CompletedProcess(args, launcher.returncode, stdout, stderr)
 
 
@@ -208,11 +204,7 @@ def test_two_machines_each_supervise_their_nodes_and_the_survivors_finish_when_o
         results = [machine.communicate(timeout=240) for machine in machines]
     finally:
         for machine in machines:
-            if machine.poll() is None:
-                machine.kill()
-                machine.communicate()
-            for pid in _node_processes(machine.pid).values():
-                os.kill(pid, signal.SIGKILL)
+            _stop_launch(machine)
     assert [machine.returncode for machine in machines] == [0, 0], results[1][1][-3000:]
     assert "starting nodes 2-3 of 4" in results[1][1] and "node 3 was killed by SIGKILL" in results[1][1]
     summary = json.loads((out / "summary.json").read_text())

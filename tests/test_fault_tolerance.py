@@ -59,6 +59,15 @@ def _node_processes(root: int) -> dict[int, int]:
     return found
 
 
+def _stop_launch(launcher) -> None:
+    """After a test's launch, whatever happened: the launcher and every node process below it are gone."""
+    if launcher.poll() is None:
+        launcher.kill()
+        launcher.communicate()
+    for pid in _node_processes(launcher.pid).values():
+        os.kill(pid, signal.SIGKILL)
+
+
 def _iterations(path: Path) -> list[int]:
     try:
         return [json.loads(line)["iteration"] for line in path.read_text().splitlines() if line.endswith("}")]
