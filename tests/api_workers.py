@@ -218,3 +218,39 @@ def amsgrad_worker(rank: int, world_size: int, args: dict, out_path: str) -> Non
     with open(out_path, "w") as handle:
         json.dump(results, handle)
     close_world(world)
+
+
+def auto_deadline_worker(rank: int, world_size: int, args: dict, out_path: str) -> None:
+    """quantimed with deadline_s="auto" at an emulated speed: the T_d of every round, then the wrapper's state
+    loaded into a second wrapper (auto, and fixed, which refuses it)."""
+    import qtd
+    from qtd.config import ConfigError
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    auto = {"deadline_s": "auto", "deadline_start_s": args["start_s"], "deadline_window": args["window"]}
+    dec = qtd.Decentralized(model, "quantimed", bits=6, speed=args["speed"], topology="ring", **auto)
+    loader = torch.utils.data.DataLoader(IndexedDigits(64), batch_size=2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    rounds = []
+    for rnd in dec.rounds(loader, count=args["rounds"]):
+        used = dec.deadline_s
+        optimizer.zero_grad()
+        for x, y, _ in rnd:
+            F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        rounds.append({"deadline_s": used, "samples": rnd.samples})
+    state = dec.state_dict()
+    again = qtd.Decentralized(model, "quantimed", bits=6, topology="ring", world=dec.world, sync_start=False, **auto)
+    again.load_state_dict(state)
+    fixed = qtd.Decentralized(model, "quantimed", bits=6, topology="ring", world=dec.world, sync_start=False)
+    fixed_state = fixed.state_dict()
+    try:
+        again.load_state_dict(fixed_state)
+        refused = ""
+    except ConfigError as error:
+        refused = str(error)
+    with open(out_path, "w") as handle:
+        json.dump({"rounds": rounds, "next": dec.deadline_s, "restored": again.deadline_s, "refused": refused},
+                  handle)
+    dec.close()

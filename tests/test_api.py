@@ -183,6 +183,23 @@ def test_the_deadline_iterator_draws_floor_of_speed_times_deadline_from_a_shuffl
         assert got["bytes_sent"] == 6 * 3 * message_nbytes(6 * 8 + 8 + 8 * 3 + 3, 6)  # complete graph of 4
 
 
+def test_a_self_tuning_deadline_is_one_t_d_on_every_node_per_window_and_survives_the_state_dict(tmp_path):
+    args = {"start_s": 0.2, "window": 3, "rounds": 10, "speed": 40.0}
+    run_ranks("tests.api_workers:auto_deadline_worker", 4, tmp_path, args, timeout=300)
+    got = [json.loads((tmp_path / f"rank{rank}.out").read_text()) for rank in range(4)]
+    chosen = [r["deadline_s"] for r in got[0]["rounds"]]
+    assert all([r["deadline_s"] for r in g["rounds"]] == chosen and g["next"] == got[0]["next"] for g in got)
+    assert chosen[:3] == [0.2] * 3  # the first window runs at deadline_start_s
+    for start in range(0, 10, 3):  # one T_d per window of 3 rounds, changed (by at most 2x) at each agreement
+        assert len(set(chosen[start:start + 3])) == 1
+        if start:
+            assert chosen[start] != chosen[start - 1] and 0.5 <= chosen[start] / chosen[start - 1] <= 2
+    for g in got:  # each round computed the floor(V T_d) samples of its own T_d
+        assert [r["samples"] for r in g["rounds"]] == [deadline_samples(40.0, d) for d in chosen]
+        assert g["restored"] == g["next"]
+        assert 'saved without deadline_s="auto"' in g["refused"]
+
+
 def test_batchnorm_statistics_are_mixed_like_the_model_or_kept_local(tmp_path):
     run_ranks("tests.api_workers:buffers_worker", 4, tmp_path, {}, timeout=300)
     runs = [torch.load(tmp_path / f"rank{r}.out", weights_only=True) for r in range(4)]

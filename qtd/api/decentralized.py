@@ -32,6 +32,7 @@ from ..comm import (PendingExchange, World, all_reduce_sum, broadcast, close_wor
                     ring_allreduce_bytes)
 from ..config import TopologyConfig
 from ..deadline import DeadlinePhase, DeadlineTimer, FixedBatchPhase, SpeedModel
+from ..deadline.auto import AutoDeadline, seen_exchange_s
 from ..engine.evaluate import gather_table
 from ..engine.model_file import network_average_state, write_model_file
 from ..engine.points import EvalPoint, eval_scalars
@@ -52,6 +53,10 @@ def _fail(name: str, value: object, allowed: str) -> None:
     raise ConfigError(f"{name}={value!r} is not allowed: {allowed}")
 
 
+def _seconds(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
 class Decentralized:
     """Wrap ``module`` for decentralized training on the process group (joined from torchrun's environment,
     or the one this process started, or ``world``). Collective: every rank constructs it together.
@@ -60,7 +65,10 @@ class Decentralized:
     batch, 16/32-bit models, eps = 1) or ``allreduce_sgd`` (the mean gradient of all nodes, like DDP).
     ``bits``: 1..8, 16 or 32 (default 4; 16 for dsgd). ``block_size``: 0 (one quantization grid per message) or
     B, one grid per B elements (a multiple of 8, bits 1..8; 8 more bytes per block). ``eps``: the consensus step in (0, 1].
-    ``deadline_s``: T_d of quantimed. ``topology``: a graph kind (``ring``, ``torus``, ``complete``, ``star``,
+    ``deadline_s``: T_d of quantimed in seconds, or ``"auto"``: T_d tunes itself (the engine's rule,
+    :mod:`qtd.deadline.auto`, with overlap): it starts at ``deadline_start_s`` and every ``deadline_window``
+    rounds all nodes agree on the next one from what they measured (one all-reduce of a few numbers per node).
+    ``topology``: a graph kind (``ring``, ``torus``, ``complete``, ``star``,
     ``exponential``, ``erdos_renyi``) with ``weights`` (``laplacian`` or ``metropolis``), or a
     :class:`qtd.config.TopologyConfig`. ``buffers``: ``average`` mixes the floating buffers (BatchNorm
     running statistics) with the neighbours' every round like the model, exactly (32-bit messages) and with
@@ -75,10 +83,13 @@ class Decentralized:
                  weights: str = "laplacian", buffers: str = "average", overlap: bool = True, seed: int = 0,
                  speed: SpeedModel | float | None = None, world: World | None = None,
                  tensorboard: str | Path | None = None, timeout_s: float = 60.0, sync_start: bool = True,
-                 block_size: int = 0) -> None:
+                 block_size: int = 0, deadline_start_s: float = 0.1, deadline_window: int = 10) -> None:
         self.spec = spec = library_spec(algorithm)
         self.gossip = spec.runner is Runner.GOSSIP
         self.bits = self._check(spec, bits, eps, deadline_s, buffers, speed)
+        auto = spec.deadline_bound and deadline_s == "auto"
+        if auto:
+            self._check_auto(overlap, deadline_start_s, deadline_window)
         self._check_block_size(block_size, self.bits, self.gossip)
         self._owns_group = world is None and not group_started()
         self.world = world = world if world is not None else init_world(timeout_s=timeout_s)
@@ -97,7 +108,10 @@ class Decentralized:
         self.topology = build_topology(topology)
         self.views = self.topology.views(world.rank)  # one per iteration of a time-varying topology's period
         self.sizes = spec.step_sizes("constant", 1.0, eps, 1)  # eps, or 1 when the rule has no consensus step
-        self.timer = DeadlineTimer(deadline_s, 1, world.device) if spec.deadline_bound else None
+        self.auto = AutoDeadline(deadline_start_s, overlap, world.size) if auto else None
+        self.deadline_window = deadline_window
+        first = self.auto.deadline_s if self.auto else deadline_s
+        self.timer = DeadlineTimer(first, 1, world.device) if spec.deadline_bound else None
         device = self.params[0].device
         parts: list = [GridCodec(self.param_vector.numel, self.bits, seed, block_size)]
         if self.buffer_vector:
@@ -131,14 +145,24 @@ class Decentralized:
                   else "use 1..8 (quantized), 16 (half) or 32 (raw)")
         if not (isinstance(eps, (int, float)) and 0 < eps <= 1):
             _fail("eps", eps, "the consensus step must be in (0, 1]")
-        if spec.deadline_bound and not (isinstance(deadline_s, (int, float)) and 0 < deadline_s < math.inf):
-            _fail("deadline_s", deadline_s, "the deadline T_d must be a finite number of seconds > 0 (the "
-                  "self-tuning deadline, algorithm.deadline_s: auto, is for qtd launch and qtd sim runs)")
+        if spec.deadline_bound and deadline_s != "auto" and not _seconds(deadline_s):
+            _fail("deadline_s", deadline_s, 'the deadline T_d must be a finite number of seconds > 0, or "auto"')
         if buffers not in BUFFER_MODES:
             _fail("buffers", buffers, "choose average (mix them like the model) or local (each node keeps its own)")
         if isinstance(speed, (int, float)) and not speed > 0:
             _fail("speed", speed, "an emulated speed is a number of samples per second > 0")
         return bits
+
+    @staticmethod
+    def _check_auto(overlap: bool, start_s: float, window: int) -> None:
+        if not overlap:
+            _fail("overlap", overlap, 'deadline_s="auto" here follows the exchange time, which needs overlap=True; '
+                  "without overlap the rule weighs gradient noise against the step your optimizer takes, which the "
+                  "wrapper does not know (qtd launch and qtd sim runs have it): use overlap=True or a fixed deadline_s")
+        if not _seconds(start_s):
+            _fail("deadline_start_s", start_s, "the first window's T_d must be a finite number of seconds > 0")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            _fail("deadline_window", window, "the rounds between two agreements on T_d: an integer >= 1")
 
     @staticmethod
     def _check_block_size(block_size: int, bits: int, gossip: bool) -> None:
@@ -255,8 +279,28 @@ class Decentralized:
             self._collective_bytes += ring_allreduce_bytes(flat.numel() * 4, self.world.size)
         self.iteration += 1
         wait_s = (self.exchange.wait_s if self.exchange else 0.0) - self._wait_before
-        stats = stats_from(rnd.result, rnd.speed, wait_s, time.monotonic() - self._round_start)
+        round_s = time.monotonic() - self._round_start
+        scalars = {"node/deadline_s": self.timer.deadline_s} if self.auto else {}
+        stats = stats_from(rnd.result, rnd.speed, wait_s, round_s, scalars=scalars)
         self.node_tb.scalars(node_scalars(stats, self.bytes_sent, self.train_s), self.iteration)
+        if self.auto:
+            self._tune_deadline(rnd.result, wait_s, round_s)
+
+    def _tune_deadline(self, result: Any, wait_s: float, round_s: float) -> None:
+        """deadline_s="auto": record the round; every ``deadline_window`` rounds, collectively, the next T_d.
+        The exchange shows when the round waited for it after the compute phase; it then took the whole round
+        so far (the user's optimizer step between the two hid it too)."""
+        auto = self.auto
+        seen = seen_exchange_s(result.compute_s, wait_s, True) is not None
+        auto.record(result.compute_s, round_s if seen else None, result.samples, None)
+        if self.iteration % self.deadline_window == 0:
+            table = gather_table(auto.values(), self.world, f"agreeing on the deadline after round {self.iteration}")
+            self.timer.deadline_s = auto.agree(table)
+
+    @property
+    def deadline_s(self) -> float | None:
+        """The T_d of the next round (None for the fixed-batch algorithms); the same on every node."""
+        return self.timer.deadline_s if self.timer else None
 
     # -- what a user reads, saves and logs -------------------------------------------------------------------
 
@@ -303,12 +347,20 @@ class Decentralized:
         state: dict[str, Any] = {"iteration": self.iteration, "collective_bytes": self._collective_bytes}
         if self.exchange:
             state.update(self.exchange.state_dict())
+        if self.auto:
+            state.update(self.auto.state_dict())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.iteration, self._collective_bytes = int(state["iteration"]), int(state["collective_bytes"])
         if self.exchange:
             self.exchange.load_state_dict(state)
+        if self.auto:
+            if "auto_deadline_s" not in state:
+                raise ConfigError('this state_dict was saved without deadline_s="auto": resume with the deadline_s '
+                                  "it was saved with")
+            self.auto.load_state_dict(state)
+            self.timer.deadline_s = self.auto.deadline_s
 
     def close(self) -> None:
         """Close the TensorBoard writers; leave the process group if this wrapper joined it."""
