@@ -50,6 +50,10 @@ class PeerError(QtdError, RuntimeError):
         self.stalled = stalled  # nothing came within comm.timeout_s (rather than a closed connection)
 
 
+class DivergedError(QtdError, ValueError):
+    """A model (or a message made from it) holding NaN or inf: the training diverged."""
+
+
 class CheckpointError(QtdError, ValueError):
     """A checkpoint file that is truncated, foreign or does not match the run."""
 

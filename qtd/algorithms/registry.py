@@ -81,6 +81,14 @@ class AlgorithmSpec:
         into the user's optimizer step and a consensus step."""
         return self.runner is Runner.COLLECTIVE or (self.runner is Runner.GOSSIP and self.consensus is not None)
 
+    @property
+    def step_keys(self) -> str:
+        """The config keys of its step sizes, for a message about a diverged run."""
+        if self.runner is Runner.PS:
+            return "ps.lr"
+        return "algorithm.alpha" + (" or algorithm.eps" if self.uses_eps else "") + (
+            " or algorithm.gamma" if self.uses_gamma else "")
+
     def step_sizes(self, schedule: str, alpha: float, eps: float, horizon: int, gamma: float = 1.0) -> StepSizes:
         """alpha, and eps and gamma where the rule has them (1 otherwise), for a run of ``horizon`` iterations."""
         sizes = step_sizes(schedule, alpha, eps if self.uses_eps else 1.0, horizon)

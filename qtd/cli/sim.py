@@ -29,8 +29,9 @@ def sim_command(config_path: str, overrides: Sequence[str]) -> int:
         result = simulate(config)
     s = result.summary
     if s["diverged"]:
+        keys = spec_for(config.mode, config.algorithm.name).step_keys
         print(f"qtd: error: the models diverged (non-finite values) by iteration {s['iterations']}: lower "
-              f"algorithm.alpha or algorithm.eps; partial results in {config.run.out_dir}", file=sys.stderr)
+              f"{keys}; partial results in {config.run.out_dir}", file=sys.stderr)
         return 1
     print(result_line(s, config.run.out_dir), file=sys.stderr)
     return 0

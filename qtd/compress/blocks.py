@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..errors import DivergedError
 from .grid import MAX_RANGE, levels
 from .noise import uniform_noise
 
@@ -62,7 +63,7 @@ def block_ranges(flat: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
 def grids_from_ranges(lows: Tensor, highs: Tensor, bits: int, block_size: int) -> BlockGrids:
     """:func:`.grid.grid_from_range` for every block at once (float64 where it computes in Python floats)."""
     if lows.numel() and not bool(torch.isfinite(lows).all() & torch.isfinite(highs).all()):
-        raise ValueError("cannot quantize a tensor holding non-finite values")
+        raise DivergedError("cannot quantize a tensor holding non-finite values")
     width = highs.double() - lows.double()
     if lows.numel() and bool((width >= MAX_RANGE).any()):
         raise ValueError("cannot quantize: a block's range is too wide for float32 (max - min >= 2**127)")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DivergedError
 from ..formats import QUANTIZED_BITS
 from .noise import MAX_STREAM
 
@@ -47,7 +47,7 @@ def grid_from_range(low: float, high: float, bits: int) -> Grid:
     least the smallest normal float32, so that ``1 / scale`` is finite for subnormal ranges.
     """
     if not (np.isfinite(low) and np.isfinite(high)):
-        raise ValueError(f"cannot quantize a tensor holding non-finite values (min {low}, max {high})")
+        raise DivergedError(f"cannot quantize a tensor holding non-finite values (min {low}, max {high})")
     if float(high) - float(low) >= MAX_RANGE:
         raise ValueError(f"cannot quantize: the range {low}..{high} is too wide for float32 (max - min >= 2**127)")
     offset = np.float32(low)

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..errors import ConfigError, WireFormatError
+from ..errors import ConfigError, DivergedError, WireFormatError
 from ..formats import ALLOWED_BITS, QUANTIZED_BITS
 from .blocks import BLOCK_ALIGN, MAX_BLOCK, block_count, check_block_size
 from .fused import quantize_pack, quantize_pack_blocks, unpack_dequantize, unpack_dequantize_blocks
@@ -145,7 +145,7 @@ def encode_message(
     elif bits == 16:
         halves = flat.to(torch.float16)
         if count and not bool(torch.isfinite(halves).all()):
-            raise ValueError("cannot send as float16: a value is non-finite or beyond +-65504; use bits=32")
+            raise DivergedError("cannot send as float16: a value is non-finite or beyond +-65504; use bits=32")
         payload.copy_(halves.view(torch.uint8))
     else:
         _, grid = quantize_pack(flat, bits, noise_key(seed, sender, iteration), out=payload)

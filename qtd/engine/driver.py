@@ -21,7 +21,7 @@ import torch
 from ..algorithms import AlgorithmSpec, Runner, display_name, spec_for
 from ..comm import JoinRequests, World, broadcast
 from ..config import Config, ConfigError
-from ..errors import CheckpointError, PeerError
+from ..errors import CheckpointError, DivergedError, PeerError
 from ..topology import build_topology
 from ..metrics import (complete_iterations, load_node_checkpoint, node_file, prune_node_checkpoints,
                        save_node_checkpoint, write_json_atomic)
@@ -274,11 +274,22 @@ class NodeDriver(ElasticNode):
                 iteration = self._regroup(iteration, error, started)
                 stepped, unevaluated = False, True
                 continue
+            except DivergedError as error:  # its message could not be encoded
+                raise self._diverged(iteration + 1, str(error)) from None
+            if not np.isfinite(float(self.flat.params.sum())):  # one reduction: NaN or inf anywhere shows
+                raise self._diverged(iteration + 1, "")
             iteration += 1
             stepped = unevaluated = True
             self._record(iteration, stats)
         self.iteration = iteration
         return None if unevaluated else point  # None: evaluate once more (resumed at the very end, say)
+
+    def _diverged(self, iteration: int, cause: str) -> DivergedError:
+        """The message of a node whose model went NaN or inf; what the run wrote until then stays in place."""
+        why = f" ({cause})" if cause else ""
+        return DivergedError(f"the model diverged (non-finite values) in iteration {iteration}{why}: lower "
+                             f"{self.spec.step_keys}; the metrics and checkpoints written until then are in "
+                             f"{self.out}")
 
     def _record(self, iteration: int, stats: StepStats) -> None:
         counters, files = self.counters, self.files

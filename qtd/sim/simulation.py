@@ -1,13 +1,13 @@
 """The virtual-time simulator: all n nodes in one process, on the paper's clock (:mod:`.clock`).
 
 Every node has its own model (a row of an (n, p) stack), its own local data and sampler
-(``Problem.node_sampler``, as in a real run), its own quantizer stream (the wire message a real node
-would send, keyed by run seed, sender and iteration: :mod:`.messages`) and its own speed V_{i,t}
+(``Problem.node_sampler``, as in a real run), its own quantizer stream (the wire message a real node would
+send, keyed by run seed, sender and iteration: :mod:`.messages`) and its own speed V_{i,t}
 (:class:`qtd.deadline.SpeedModel`, always the configured distribution). The algorithm is its spec in the
-registry: the update rule real runs call, applied to the whole stack at once (the mixing step
-sum_{j in N_i} w_ij z_j of every node is one matrix product), the gradient mode and the runner. The
-evaluation points and the summary are built as a real run builds them (:mod:`qtd.engine.points`,
-:mod:`qtd.engine.summary`); only the clock is the simulator's own.
+registry: the update rule real runs call, applied to the whole stack at once (the mixing step sum_{j in N_i}
+w_ij z_j of every node is one matrix product), the gradient mode and the runner. The evaluation points and
+the summary are built as a real run builds them (:mod:`qtd.engine.points`, :mod:`qtd.engine.summary`); only
+the clock is the simulator's own.
 
 Instead of sleeping, a virtual clock advances by the time model. A deadline-bound node computes
 floor(V_{i,t} * T_d) samples; a fixed-batch node B. Asynchronous algorithms run as a queue of events
@@ -34,6 +34,7 @@ from torch import Tensor
 from ..algorithms import LocalOptimizer, PublicCopies, Runner, consensus_error, mix_stack, spec_for
 from ..compress.message_codec import difference_codec
 from ..config import Config, ConfigError
+from ..errors import DivergedError
 from ..costs import ring_allreduce_bytes
 from ..deadline import SpeedModel, deadline_samples
 from ..engine.points import EvalPoint, evaluate_sum
@@ -217,7 +218,10 @@ class Simulation:
         decoded = torch.empty_like(self.models)
         iteration = 0
         while iteration < run.iterations:
-            self._sync_iteration(iteration, decoded)
+            try:
+                self._sync_iteration(iteration, decoded)
+            except DivergedError:  # a model went non-finite within the iteration (CHOCO without overlap)
+                self.models.fill_(math.nan)
             iteration += 1
             finite = math.isfinite(float(self.models.sum()))  # one reduction: NaN or inf anywhere shows
             over = bool(run.time_budget_s) and self.time_s >= run.time_budget_s
@@ -303,9 +307,7 @@ class Simulation:
         self.recorder.evaluation(point)
 
     def _postfix(self) -> dict[str, str]:
-        if not self.rows:
-            return {"t": f"{self.time_s:.0f}s"}
-        return {"t": f"{self.time_s:.0f}s", "loss": f"{self.rows[-1]['eval_loss']:.3f}"}
+        return {"t": f"{self.time_s:.0f}s", **({"loss": f"{self.rows[-1]['eval_loss']:.3f}"} if self.rows else {})}
 
     def run(self) -> SimResult:
         wall = time.perf_counter()
@@ -322,9 +324,8 @@ class Simulation:
             self.recorder.close()
         if self.diverged_at is not None:
             warnings.warn(f"the models diverged (non-finite values) at iteration {self.diverged_at}: lower "
-                          "algorithm.alpha or algorithm.eps", stacklevel=2)
-        return SimResult(models=self.models, rows=self.rows, summary=summary, samples=self.samples,
-                         events=self.events)
+                          f"{self.spec.step_keys}", stacklevel=2)
+        return SimResult(models=self.models, rows=self.rows, summary=summary, samples=self.samples, events=self.events)
 
     def _summary(self, iterations: int, wall_s: float) -> dict[str, Any]:
         algo, spec = self.config.algorithm, self.spec
@@ -392,8 +393,7 @@ def average_model_state(problem, models: Tensor, device: torch.device, flats=())
 
 
 def simulate(config: Config, **options: Any) -> SimResult:
-    """Run ``config`` on the virtual clock. ``options`` as for :class:`Simulation`: ``write`` (the run
-    directory; False keeps everything in memory), ``node_logs`` (per-node jsonl and TensorBoard),
-    ``gradient_mode`` (auto, vmap, loop), ``device``, ``progress``, ``stop_at_loss`` (stop at the first
-    evaluation at or below it: sweeps that measure the time to a target loss)."""
+    """Run ``config`` on the virtual clock. ``options`` as for :class:`Simulation`: ``write`` (the run directory;
+    False keeps everything in memory), ``node_logs`` (per-node jsonl and TensorBoard), ``gradient_mode`` (auto,
+    vmap, loop), ``device``, ``progress``, ``stop_at_loss`` (stop at the first evaluation at or below it)."""
     return Simulation(config, **options).run()
