@@ -163,7 +163,7 @@ class Runner:
             f"algorithm.gamma={settings.get('gamma', 0.3)}",
             f"compression.bits={bits}", f"run.iterations={iterations}", f"run.eval_every={eval_every}",
             f"run.time_budget_s={budget_s if budget_s < 1e6 else 0}", "run.progress=false", "run.out_dir=runs/paper_reproduction_unused",
-        ]
+        ] + ([f"algorithm.deadline_start_s={settings['deadline_start']}"] if "deadline_start" in settings else [])
 
     def iteration_s(self, algorithm: str, settings: dict[str, Any]) -> float:
         """A rough virtual time per iteration (for the evaluation spacing and the iteration cap)."""
@@ -437,6 +437,12 @@ def main() -> None:
                   {**(best[a] or best_by_loss(tried[a])).settings, "deadline": "auto"}, budget, target)
                  for a in QTD_METHODS]
     auto_runs = dict(zip(QTD_METHODS, in_pool(_run_worker, auto_jobs, args.jobs)))
+    # A diagnosis, not a result: the same, its first window at the best fixed T_d instead of deadline_start_s,
+    # which tells a bad start apart from a rule that leaves a good deadline.
+    jobs = [(plan, data_root, cache, started, f"{a}-auto-from-best", a,
+             {**job[6], "deadline_start": (best[a] or best_by_loss(tried[a])).settings["deadline"]}, budget, target)
+            for a, job in zip(QTD_METHODS, auto_jobs)]
+    from_best = dict(zip(QTD_METHODS, in_pool(_run_worker, jobs, args.jobs)))
     reached = [(time_to_target[a], a) for a in QTD_METHODS if time_to_target[a] is not None]
     best_qtd = min(reached)[1] if reached else None
     best_qtd_time = time_to_target[best_qtd] if best_qtd else None
@@ -446,8 +452,8 @@ def main() -> None:
             return None
         return time_to_target[other] / best_qtd_time
 
-    def auto_ratio(algorithm: str) -> float | None:
-        auto_time, fixed = auto_runs[algorithm].time_to(target), time_to_target[algorithm]
+    def auto_ratio(algorithm: str, runs: dict[str, Run] = auto_runs) -> float | None:
+        auto_time, fixed = runs[algorithm].time_to(target), time_to_target[algorithm]
         return auto_time / fixed if auto_time is not None and fixed else None
 
     def speedup(other: str) -> float | None:
@@ -517,6 +523,11 @@ def main() -> None:
         "auto_deadline_vs_best_fixed": auto_ratio(best_qtd) if best_qtd else None,
         "auto_deadline_vs_best_fixed_per_method": {a: auto_ratio(a) for a in QTD_METHODS},
         "auto_deadline_final_s": {a: auto_runs[a].rows[-1].get("deadline_s") for a in QTD_METHODS},
+        # where an automatic run does not reach L* within the budget: the loss it ends at
+        "auto_deadline_final_loss": {a: auto_runs[a].final_loss for a in QTD_METHODS},
+        # the diagnosis: deadline_s auto with its first window at the best fixed T_d
+        "auto_from_best_start_vs_best_fixed": {a: auto_ratio(a, from_best) for a in QTD_METHODS},
+        "auto_from_best_start_final_s": {a: from_best[a].rows[-1].get("deadline_s") for a in QTD_METHODS},
     }
     result = {
         "summary": summary,
@@ -528,7 +539,11 @@ def main() -> None:
             "time_model": "QuanTimed T_d + T_c s/16; Q-DSGD max_j B/V_j + T_c s/16; DSGD max_j B/V_j + T_c; "
                           "async: node steps every B/V_jk + T_c; all-reduce max_j B/V_j + 4 T_c (n-1)/n",
             "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-            "threads": torch.get_num_threads(), "wall_s": time.perf_counter() - started,
+            "threads": torch.get_num_threads(), "wall_s": time.perf_counter() - started,  # this call (cached runs: 0)
+            # every distinct run's own wall time, summed: what the study costs without its cache
+            "runs_wall_s": sum({(r.label, json.dumps(r.settings, sort_keys=True)): r.wall_s for r in
+                                [*curves.values(), *auto_runs.values(), *from_best.values(), *sweep_runs,
+                                 *(run for runs in tried.values() for run in runs)]}.values()),
         },
         "levels": table,
         "curves": {a: {"settings": run.settings, "rows": [{k: r[k] for k in ("iteration", "time_s", "eval_loss",
@@ -542,9 +557,10 @@ def main() -> None:
                                for v, r, best in sweeps["bits s"]],
             "qdsgd_bits": [{"bits": v, "time_to_target_s": r.time_to(target)} for v, r in qdsgd_bits],
         },
-        "auto_deadline": {a: {"settings": run.settings, "time_to_target_s": run.time_to(target),
-                              "rows": [{k: r.get(k) for k in ("iteration", "time_s", "eval_loss", "deadline_s")}
-                                       for r in run.rows]} for a, run in auto_runs.items()},
+        **{name: {a: {"settings": run.settings, "time_to_target_s": run.time_to(target),
+                      "rows": [{k: r.get(k) for k in ("iteration", "time_s", "eval_loss", "deadline_s")}
+                               for r in run.rows]} for a, run in runs.items()}
+           for name, runs in (("auto_deadline", auto_runs), ("auto_deadline_from_best_start", from_best))},
         "tuning": {a: [{"settings": r.settings, "time_to_target_s": r.time_to(target), "final_loss": r.final_loss,
                         "final_time_s": r.rows[-1]["time_s"]} for r in runs] for a, runs in tried.items()},
     }
