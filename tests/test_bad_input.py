@@ -338,7 +338,7 @@ def test_pickles_of_arbitrary_classes_and_missing_files_are_refused(tmp_path_fac
 
 def _assert_one_error_line(result, *fragments: str) -> None:
     lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1, result.stderr[-3000:]  # the launcher: the run failed
+    assert result.returncode == 2, result.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("qtd: error: "), result.stderr[-3000:]
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
